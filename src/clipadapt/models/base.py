@@ -1,0 +1,106 @@
+"""The backend interface every model family implements.
+
+A backend maps images and texts into one embedding space. ``encode_images`` takes a batch
+already passed through ``preprocess`` (PIL image -> tensor); both encoders return
+L2-normalised float32 embeddings on the CPU. ``image_fingerprint`` identifies everything that
+determines an image embedding (weights, preprocessing, output transform), so the feature
+cache can key on it; ``text_fingerprint`` does the same for texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import nn
+
+TEXT_CHUNK = 256  # texts per forward pass: 1,000 classes x many templates stay within memory
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """How results name a model: CLIP_benchmark's ``model`` and ``pretrained`` fields."""
+
+    spec: str
+    model: str
+    pretrained: str
+
+
+class Backend(ABC):
+    """Images and texts into one embedding space."""
+
+    info: ModelInfo
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    preprocess_description: str
+    embed_dim: int
+    logit_scale: float
+    device: torch.device
+
+    @abstractmethod
+    def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unnormalised embeddings of a preprocessed batch (B, 3, H, W) on ``self.device``."""
+
+    @abstractmethod
+    def encode_text_batch(self, texts: list[str]) -> torch.Tensor:
+        """Unnormalised embeddings of a batch of texts."""
+
+    @abstractmethod
+    def weight_tensors(self, tower: str) -> Iterable[torch.Tensor]:
+        """The tensors that determine ``tower`` ("image" or "text") outputs, in a fixed order."""
+
+    # -- shared behaviour ------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = self.encode_image_batch(pixels.to(self.device))
+        return nn.functional.normalize(out.float(), dim=-1).cpu()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str], chunk: int = TEXT_CHUNK) -> torch.Tensor:
+        if not texts:
+            raise ValueError("encode_texts: got no texts")
+        parts = [
+            nn.functional.normalize(self.encode_text_batch(texts[i : i + chunk]).float(), dim=-1)
+            for i in range(0, len(texts), chunk)
+        ]
+        return torch.cat(parts).cpu()
+
+    @property
+    def image_fingerprint(self) -> str:
+        if not hasattr(self, "_image_fp"):
+            self._image_fp = hash_tensors(
+                self.weight_tensors("image"),
+                extra=f"{type(self).__name__}|{self.preprocess_description}",
+            )
+        return self._image_fp
+
+    @property
+    def text_fingerprint(self) -> str:
+        if not hasattr(self, "_text_fp"):
+            self._text_fp = hash_tensors(self.weight_tensors("text"), extra=type(self).__name__)
+        return self._text_fp
+
+    @property
+    def fingerprint(self) -> str:
+        """One hash for the whole model (both towers and preprocessing)."""
+        return hashlib.sha256(
+            f"{self.image_fingerprint}|{self.text_fingerprint}".encode()
+        ).hexdigest()[:16]
+
+
+def hash_tensors(tensors: Iterable[torch.Tensor], extra: str = "") -> str:
+    """A short sha256 over the tensors' shapes, dtypes and bytes, and ``extra``."""
+    digest = hashlib.sha256(extra.encode())
+    for tensor in tensors:
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def describe_transform(transform: object) -> str:
+    """A stable text description of a torchvision transform pipeline (for fingerprints)."""
+    return " ".join(repr(transform).split())
