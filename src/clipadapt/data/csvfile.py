@@ -1,0 +1,146 @@
+"""CSV files of image paths with labels and/or captions (open_clip's ``filepath``, ``title``)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from clipadapt.data.classnames import read_classnames_file, resolve_classnames
+from clipadapt.data.dataset import UNLABELED, ImageDataset, Sample
+from clipadapt.data.errors import DatasetError, quoted
+
+DEFAULT_LABEL_COLUMN = "label"
+DEFAULT_CAPTION_COLUMN = "title"
+
+
+def load_csv(
+    csv_path: str | os.PathLike[str],
+    *,
+    path_column: str = "filepath",
+    label_column: str = DEFAULT_LABEL_COLUMN,
+    caption_column: str = DEFAULT_CAPTION_COLUMN,
+    sep: str = ",",
+    classnames_file: str | os.PathLike[str] | None = None,
+    skip_bad: bool = False,
+) -> ImageDataset:
+    """Load a CSV (UTF-8, header row) with one image per row.
+
+    Relative paths resolve against the CSV's folder, which becomes the dataset root. The
+    CSV may have labels, captions or both: the default label and caption columns are each
+    optional (at least one must exist), while a column named explicitly must exist. Classes
+    are the distinct labels, sorted as strings; names come from ``classnames_file`` (a JSON
+    object mapping each label to a name) or, without one, are the labels themselves (single
+    digits become "zero".."nine"). Caption-only rows get ``label == UNLABELED``.
+
+    A row with an empty path or label, a missing or empty (0-byte) file, or (in a labelled
+    CSV) the same image as an earlier row is an error naming the line; with ``skip_bad`` the
+    row is skipped and recorded in ``dataset.skipped``. Images are not decoded here.
+    """
+    csv_path = Path(os.path.abspath(csv_path))
+    if len(sep) != 1:
+        raise DatasetError(f"the CSV separator must be one character, got {sep!r}")
+    if not csv_path.is_file():
+        raise DatasetError(f"CSV file {csv_path} does not exist or is not a file")
+    base = csv_path.parent
+    rows: list[tuple[Path, str | None, str | None]] = []
+    skipped: list[dict] = []
+
+    def reject(line: int, path_text: str, reason: str) -> None:
+        if not skip_bad:
+            raise DatasetError(
+                f"{csv_path}, line {line}: {reason}; fix or remove the row, "
+                "or pass --skip-bad to skip it"
+            )
+        skipped.append({"path": path_text, "reason": f"{csv_path.name} line {line}: {reason}"})
+
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle, delimiter=sep)
+            has_label, has_caption = _check_columns(
+                csv_path, reader.fieldnames, path_column, label_column, caption_column, sep
+            )
+            first_line: dict[Path, int] = {}
+            for row in reader:
+                line = reader.line_num
+                path_text = (row.get(path_column) or "").strip()
+                label = (row.get(label_column) or "").strip() if has_label else None
+                caption = ((row.get(caption_column) or "").strip() or None) if has_caption else None
+                path = Path(os.path.abspath(base / path_text))
+                if not path_text:
+                    reject(line, path_text, f"empty {path_column!r}")
+                elif not path.is_file():
+                    reject(
+                        line,
+                        path_text,
+                        f"image file {path_text!r} not found (looked for {path}; relative "
+                        f"paths resolve against the CSV's folder {base})",
+                    )
+                elif path.stat().st_size == 0:
+                    reject(line, path_text, f"image file {path} is empty (0 bytes)")
+                elif label == "":
+                    reject(line, path_text, f"empty {label_column!r}")
+                elif has_label and path in first_line:
+                    reject(
+                        line,
+                        path_text,
+                        f"{path_text!r} was already listed on line {first_line[path]}; a "
+                        "labelled image must appear once, or it could land in both train and test",
+                    )
+                else:
+                    first_line.setdefault(path, line)
+                    rows.append((path, label, caption))
+    except csv.Error as exc:
+        raise DatasetError(f"{csv_path} is not a readable CSV ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{csv_path} is not UTF-8 text ({exc}); save it as UTF-8") from exc
+    if not rows:
+        raise DatasetError(f"{csv_path} lists no usable images")
+
+    class_ids = sorted({label for _, label, _ in rows if label is not None})
+    names_file = None if classnames_file is None else Path(os.path.abspath(classnames_file))
+    mapping = None if names_file is None else read_classnames_file(names_file)
+    classnames = resolve_classnames(
+        class_ids, mapping, f"classnames file {names_file}", f"labels in {csv_path}"
+    )
+    index = {cid: i for i, cid in enumerate(class_ids)}
+    samples = [
+        Sample(path, UNLABELED if label is None else index[label], caption)
+        for path, label, caption in rows
+    ]
+    return ImageDataset(csv_path.stem, base, class_ids, classnames, samples, skipped)
+
+
+def _check_columns(
+    csv_path: Path,
+    columns: list[str] | None,
+    path_column: str,
+    label_column: str,
+    caption_column: str,
+    sep: str,
+) -> tuple[bool, bool]:
+    """Which of the label and caption columns exist; errors for missing required ones."""
+    if not columns:
+        raise DatasetError(
+            f"{csv_path} is empty; expected a header row such as "
+            f"{sep.join([path_column, label_column])}"
+        )
+    has = f"(its columns, split on {sep!r}: {quoted(columns)})"
+    if path_column not in columns:
+        raise DatasetError(
+            f"{csv_path} has no column {path_column!r} for image paths {has}; "
+            "name the right column with path_column"
+        )
+    for column, default, option in (
+        (label_column, DEFAULT_LABEL_COLUMN, "label_column"),
+        (caption_column, DEFAULT_CAPTION_COLUMN, "caption_column"),
+    ):
+        if column != default and column not in columns:
+            raise DatasetError(f"{csv_path} has no column {column!r} {has}; fix {option}")
+    has_label, has_caption = label_column in columns, caption_column in columns
+    if not (has_label or has_caption):
+        raise DatasetError(
+            f"{csv_path} has neither a label column {label_column!r} nor a caption column "
+            f"{caption_column!r} {has}; name them with label_column / caption_column"
+        )
+    return has_label, has_caption
