@@ -1,0 +1,69 @@
+"""Few-shot adaptation methods behind one interface, and the registry that names them.
+
+``METHODS`` is a plain mapping filled by the explicit imports below; adding a method means
+adding its import and one entry here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from clipadapt.methods.base import DataKind, FitData, Method, NotFittedError, read_config
+from clipadapt.methods.clip_adapter import ClipAdapter
+from clipadapt.methods.gda import GDA
+from clipadapt.methods.linear import LinearProbe, ZeroShotLinearProbe
+from clipadapt.methods.ncm import NearestClassMean
+from clipadapt.methods.tip_adapter import TipAdapter, TipAdapterF
+from clipadapt.methods.zeroshot import ZeroShot
+
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (
+        ZeroShot,
+        NearestClassMean,
+        LinearProbe,
+        ZeroShotLinearProbe,
+        ClipAdapter,
+        TipAdapter,
+        TipAdapterF,
+        GDA,
+    )
+}
+
+
+def _method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def create_method(name: str, **hyperparameters: Any) -> Method:
+    """A new, unfitted method by registry name, e.g. ``create_method("tip_adapter", beta=3.0)``."""
+    return _method_class(name)(**hyperparameters)
+
+
+def load_method(directory: str | os.PathLike[str]) -> Method:
+    """Load a method saved with ``Method.save``, whichever class it is."""
+    config = read_config(Path(directory))
+    return _method_class(config["method"]).load(directory)
+
+
+__all__ = [
+    "GDA",
+    "METHODS",
+    "ClipAdapter",
+    "DataKind",
+    "FitData",
+    "LinearProbe",
+    "Method",
+    "NearestClassMean",
+    "NotFittedError",
+    "TipAdapter",
+    "TipAdapterF",
+    "ZeroShot",
+    "ZeroShotLinearProbe",
+    "create_method",
+    "load_method",
+]

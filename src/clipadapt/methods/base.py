@@ -1,0 +1,158 @@
+"""The method interface: every adaptation method is a small estimator over features.
+
+Hyperparameters go to the constructor, ``fit`` returns the fitted object, learned state
+lives in tensors listed by ``state_tensors`` and the whole method saves to a directory
+(``config.json`` + ``state.safetensors``) that loads back to identical predictions.
+
+The runner, not the method, builds the :class:`FitData` a method receives, from the data
+kinds the method declares in ``reads``; test features are never part of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from clipadapt.atomic import atomic_write, atomic_write_json
+
+FORMAT_VERSION = 1
+
+
+class DataKind(StrEnum):
+    """Kinds of data a method may ask the runner for."""
+
+    SUPPORT = "support"  # labeled few-shot support set
+    SUPPORT_VIEWS = "support_views"  # augmented views of the support set
+    VALIDATION = "validation"  # labeled few-shot validation set (model selection)
+    UNLABELED = "unlabeled"  # unlabeled images; transductive if they include test images
+
+
+@dataclass
+class FitData:
+    """Everything a method may learn from. Features are L2-normalised, float32, on CPU.
+
+    ``class_embeddings`` are the zero-shot classifier (one normalised text embedding per
+    class, prompt-ensembled); ``logit_scale`` is the backend's temperature (CLIP: 100).
+    """
+
+    class_embeddings: torch.Tensor  # (C, D)
+    logit_scale: float
+    classnames: list[str]
+    support_features: torch.Tensor | None = None  # (N, D)
+    support_labels: torch.Tensor | None = None  # (N,) int64
+    support_views: torch.Tensor | None = None  # (V, N, D) augmented views, same labels
+    val_features: torch.Tensor | None = None  # (M, D)
+    val_labels: torch.Tensor | None = None  # (M,)
+    unlabeled_features: torch.Tensor | None = None  # (U, D)
+    unlabeled_includes_test: bool = False
+    seed: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_embeddings.shape[0])
+
+
+class NotFittedError(RuntimeError):
+    """Raised when a method is used before ``fit``."""
+
+
+class Method:
+    """Base class. Subclasses set ``name`` and ``reads`` and implement ``fit``/``predict_logits``.
+
+    ``hyperparameters()`` returns the constructor arguments (JSON-serialisable);
+    ``selected`` records hyperparameters chosen during ``fit`` and how they were chosen.
+    """
+
+    name: ClassVar[str]
+    reads: ClassVar[frozenset[DataKind]] = frozenset({DataKind.SUPPORT})
+    training_free: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self.selected: dict[str, Any] = {}
+        self._state: dict[str, torch.Tensor] = {}
+
+    # -- the estimator contract -------------------------------------------------------
+    def hyperparameters(self) -> dict[str, Any]:
+        return {}
+
+    def fit(self, data: FitData) -> Self:
+        raise NotImplementedError
+
+    def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, C) for L2-normalised features (N, D)."""
+        raise NotImplementedError
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return self.predict_logits(features).argmax(dim=-1)
+
+    # -- learned state ------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self._state)
+
+    def state(self, key: str) -> torch.Tensor:
+        if key not in self._state:
+            raise NotFittedError(f"{self.name}: call fit() before using the method")
+        return self._state[key]
+
+    def set_state(self, **tensors: torch.Tensor) -> None:
+        for key, value in tensors.items():
+            self._state[key] = value.detach().to(torch.float32).contiguous().cpu()
+
+    # -- persistence --------------------------------------------------------------------
+    def save(
+        self, directory: str | os.PathLike[str], extra_config: dict[str, Any] | None = None
+    ) -> Path:
+        """Write ``config.json`` and ``state.safetensors`` atomically into ``directory``."""
+        if not self.is_fitted:
+            raise NotFittedError(f"{self.name}: nothing to save, call fit() first")
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "method": self.name,
+            "hyperparameters": self.hyperparameters(),
+            "selected": self.selected,
+            **(extra_config or {}),
+        }
+        atomic_write(out / "state.safetensors", lambda p: save_file(self._state, str(p)))
+        atomic_write_json(out / "config.json", config)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Self:
+        path = Path(directory)
+        config = read_config(path)
+        if config["method"] != cls.name:
+            raise ValueError(
+                f"{path / 'config.json'}: holds method {config['method']!r}, not {cls.name!r}"
+            )
+        method = cls(**config["hyperparameters"])
+        method.selected = config.get("selected", {})
+        method._state = load_file(str(path / "state.safetensors"))
+        return method
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    """Read and check a saved method's ``config.json``."""
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path}: not found; is {directory} a saved clipadapt model?"
+        )
+    config = json.loads(config_path.read_text())
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{config_path}: format_version {version!r} is not {FORMAT_VERSION}; "
+            "re-fit the model with this clipadapt version"
+        )
+    return config

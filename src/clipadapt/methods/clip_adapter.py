@@ -1,0 +1,114 @@
+"""CLIP-Adapter (Gao et al., 2021, arXiv:2110.04544): a residual bottleneck MLP on features.
+
+    A(f) = ReLU(W_up ReLU(W_down f)),  f' = ratio * A(f) + (1 - ratio) * f,
+    logits(f) = s * normalize(f') @ T.T
+
+as in the reference code (no biases, hidden size D / reduction). The MLP is trained with
+cross-entropy; the residual ratio is chosen on the validation set, training one adapter per
+grid value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Self
+
+import torch
+import torch.nn.functional as F
+
+from clipadapt.methods.base import DataKind, FitData, Method
+from clipadapt.methods.common import check_fit_data, cosine_logits, scale_tensor, support_sets
+from clipadapt.methods.selection import choose_fitted
+from clipadapt.methods.training import train_adamw
+
+Adapter = tuple[torch.Tensor, torch.Tensor, float]  # down, up, ratio
+
+
+def adapt(
+    features: torch.Tensor, down: torch.Tensor, up: torch.Tensor, ratio: float | torch.Tensor
+) -> torch.Tensor:
+    """The normalised residual-adapted features ``normalize(ratio * A(f) + (1 - ratio) * f)``."""
+    residual = torch.relu(torch.relu(features @ down.T) @ up.T)
+    return F.normalize(ratio * residual + (1 - ratio) * features, dim=-1)
+
+
+class ClipAdapter(Method):
+    """CLIP-Adapter on frozen features. Each adapter trains for ``epochs`` full-batch AdamW
+    steps (cosine schedule); epoch e sees the support set (e = 0) or an augmented view,
+    cycling through them. Initialisation follows ``nn.Linear``, seeded by ``data.seed``.
+    ``ratio`` is the no-validation default (the paper's generic 0.2)."""
+
+    name = "clip_adapter"
+    reads = frozenset({DataKind.SUPPORT, DataKind.SUPPORT_VIEWS, DataKind.VALIDATION})
+    training_free = False
+
+    def __init__(
+        self,
+        ratio: float = 0.2,
+        ratio_grid: Sequence[float] = (0.2, 0.4, 0.6),
+        reduction: int = 4,
+        epochs: int = 25,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        self.ratio = float(ratio)
+        self.ratio_grid = tuple(float(v) for v in ratio_grid)
+        self.reduction = int(reduction)
+        self.epochs = int(epochs)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "ratio": self.ratio,
+            "ratio_grid": list(self.ratio_grid),
+            "reduction": self.reduction,
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+        }
+
+    def fit(self, data: FitData) -> Self:
+        check_fit_data(self, data)
+        text, scale, labels = data.class_embeddings, scale_tensor(data), data.support_labels.long()
+        sets = support_sets(data)
+        dim = text.shape[1]
+        hidden = max(dim // self.reduction, 1)
+
+        def train(ratio: float) -> Adapter:
+            generator = torch.Generator().manual_seed(data.seed)
+            down = _linear_init(hidden, dim, generator)
+            up = _linear_init(dim, hidden, generator)
+
+            def loss(step: int) -> torch.Tensor:
+                adapted = adapt(sets[step % len(sets)], down, up, ratio)
+                return F.cross_entropy(cosine_logits(adapted, text, scale), labels)
+
+            train_adamw([down, up], loss, self.epochs, self.lr, self.weight_decay)
+            return down.detach(), up.detach(), ratio
+
+        ratio, (down, up, _) = choose_fitted(
+            self,
+            data,
+            "ratio",
+            self.ratio_grid,
+            self.ratio,
+            train,
+            lambda m, f: cosine_logits(adapt(f, *m), text, scale),
+        )
+        self.set_state(text=text, logit_scale=scale, down=down, up=up, ratio=torch.tensor(ratio))
+        return self
+
+    def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
+        s = self.state
+        adapted = adapt(features, s("down"), s("up"), s("ratio"))
+        return cosine_logits(adapted, s("text"), s("logit_scale"))
+
+
+def _linear_init(out_features: int, in_features: int, generator: torch.Generator) -> torch.Tensor:
+    """A trainable (out, in) weight drawn like ``nn.Linear``'s: U(-1/sqrt(in), 1/sqrt(in))."""
+    bound = 1.0 / math.sqrt(in_features)
+    weight = torch.empty(out_features, in_features).uniform_(-bound, bound, generator=generator)
+    return weight.requires_grad_()

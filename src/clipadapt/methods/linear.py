@@ -1,0 +1,146 @@
+"""Linear probes on frozen features: plain logistic regression and a zero-shot-anchored one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Self
+
+import torch
+import torch.nn.functional as F
+
+from clipadapt.methods.base import DataKind, FitData, Method
+from clipadapt.methods.common import check_fit_data, cosine_logits, scale_tensor, stacked_support
+from clipadapt.methods.selection import choose_fitted
+from clipadapt.methods.training import minimize_lbfgs
+
+Linear = tuple[torch.Tensor, torch.Tensor]
+PENALTY_GRID = (10000.0, 3000.0, 1000.0, 300.0, 100.0, 30.0, 10.0, 1.0, 0.1)
+
+
+class LinearProbe(Method):
+    """Multinomial logistic regression ``logits = f @ W.T + b`` on the support features
+    (and views), minimising ``0.5 ||W||^2 + c * sum_i CE_i`` like scikit-learn's
+    ``LogisticRegression(C=c)`` (bias unpenalised), with full-batch L-BFGS from zero.
+
+    ``c`` is chosen on the validation set over ``c_grid`` (strongest regularisation first;
+    each fit warm-starts from the previous one); ``c`` itself is the no-validation default.
+    """
+
+    name = "linear_probe"
+    reads = frozenset({DataKind.SUPPORT, DataKind.SUPPORT_VIEWS, DataKind.VALIDATION})
+    training_free = False
+
+    def __init__(
+        self,
+        c: float = 1.0,
+        c_grid: Sequence[float] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0),
+        max_iter: int = 100,
+    ) -> None:
+        super().__init__()
+        self.c = float(c)
+        self.c_grid = tuple(float(v) for v in c_grid)
+        self.max_iter = int(max_iter)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"c": self.c, "c_grid": list(self.c_grid), "max_iter": self.max_iter}
+
+    def fit(self, data: FitData) -> Self:
+        check_fit_data(self, data)
+        x, y = stacked_support(data)
+        dim = x.shape[1]
+        previous = (torch.zeros(data.num_classes, dim), torch.zeros(data.num_classes))
+
+        def fit_c(c: float) -> Linear:
+            nonlocal previous
+            weight, bias = (t.clone().requires_grad_() for t in previous)
+            penalty = 1.0 / (2.0 * c * len(x))
+
+            def loss() -> torch.Tensor:
+                return F.cross_entropy(x @ weight.T + bias, y) + penalty * weight.pow(2).sum()
+
+            minimize_lbfgs([weight, bias], loss, self.max_iter)
+            previous = (weight.detach(), bias.detach())
+            return previous
+
+        _, (weight, bias) = choose_fitted(
+            self, data, "c", self.c_grid, self.c, fit_c, lambda m, f: f @ m[0].T + m[1]
+        )
+        self.set_state(weight=weight, bias=bias)
+        return self
+
+    def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
+        return features @ self.state("weight").T + self.state("bias")
+
+
+class ZeroShotLinearProbe(Method):
+    """Linear probe initialised at, and pulled towards, the zero-shot classifier (after CLAP,
+    Silva-Rodriguez et al., CVPR 2024, and LP++). With T the text embeddings and s the
+    logit scale, ``logits = s * f @ W.T`` and W minimises (from ``W = T``)
+
+        mean_i CE(s f_i W^T, y_i) + penalty * (1/C) sum_k lambda_k ||w_k - t_k||^2,
+
+    where ``lambda_k`` is CLAP's class-adaptive weight: the mean zero-shot probability of
+    class k over class k's support examples (trust the text where zero-shot already works).
+    CLAP fixes ``penalty = 1`` (with its own feature scaling); here it is chosen on the
+    validation set over ``penalty_grid`` (strongest first, warm-started), default ``penalty``.
+    A very large penalty keeps W at T, i.e. zero-shot CLIP. The problem is convex (W is not
+    renormalised, unlike CLAP), solved by full-batch L-BFGS for at most ``max_iter`` steps.
+    """
+
+    name = "lp_zs"
+    reads = frozenset({DataKind.SUPPORT, DataKind.SUPPORT_VIEWS, DataKind.VALIDATION})
+    training_free = False
+
+    def __init__(
+        self,
+        penalty: float = 300.0,
+        penalty_grid: Sequence[float] = PENALTY_GRID,
+        max_iter: int = 100,
+    ) -> None:
+        super().__init__()
+        self.penalty = float(penalty)
+        self.penalty_grid = tuple(float(v) for v in penalty_grid)
+        self.max_iter = int(max_iter)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "penalty": self.penalty,
+            "penalty_grid": list(self.penalty_grid),
+            "max_iter": self.max_iter,
+        }
+
+    def fit(self, data: FitData) -> Self:
+        check_fit_data(self, data)
+        x, y = stacked_support(data)
+        text, scale = data.class_embeddings, scale_tensor(data)
+        zero_shot = cosine_logits(x, text, scale).softmax(dim=-1)
+        one_hot = F.one_hot(y, data.num_classes).to(x.dtype)
+        trust = (one_hot * zero_shot).sum(0) / one_hot.sum(0).clamp_min(1.0)  # lambda_k
+        previous = text.clone()
+
+        def fit_penalty(penalty: float) -> torch.Tensor:
+            nonlocal previous
+            weight = previous.clone().requires_grad_()
+
+            def loss() -> torch.Tensor:
+                anchor = (trust * (weight - text).pow(2).sum(-1)).mean()
+                return F.cross_entropy(cosine_logits(x, weight, scale), y) + penalty * anchor
+
+            minimize_lbfgs([weight], loss, self.max_iter)
+            previous = weight.detach()
+            return previous
+
+        _, weight = choose_fitted(
+            self,
+            data,
+            "penalty",
+            self.penalty_grid,
+            self.penalty,
+            fit_penalty,
+            lambda w, f: cosine_logits(f, w, scale),
+        )
+        self.set_state(weight=weight, logit_scale=scale)
+        return self
+
+    def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
+        return cosine_logits(features, self.state("weight"), self.state("logit_scale"))

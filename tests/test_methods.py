@@ -1,0 +1,220 @@
+"""The method contract: registry, input checks, selection, save/load, determinism."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipadapt.methods import METHODS, DataKind, FitData, Method, create_method, load_method
+from clipadapt.methods.selection import choose
+
+TRAINED = sorted(name for name, cls in METHODS.items() if not cls.training_free)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors run far faster on one thread, above all on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_data(
+    num_classes: int = 3,
+    dim: int = 32,
+    shots: int = 6,
+    views: int = 2,
+    val_per_class: int = 4,
+    seed: int = 0,
+    text: str = "good",
+) -> FitData:
+    """Clustered normalised features; text embeddings near the class means ("good") or random."""
+    g = torch.Generator().manual_seed(seed)
+    means = F.normalize(torch.randn(num_classes, dim, generator=g), dim=-1)
+
+    def sample(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(num_classes).repeat_interleave(per_class)
+        x = means[y] + 0.3 * torch.randn(len(y), dim, generator=g) / dim**0.5
+        return F.normalize(x, dim=-1), y
+
+    xs, ys = sample(shots)
+    xv, yv = sample(val_per_class)
+    noise = torch.randn(views, len(xs), dim, generator=g) * 0.1 / dim**0.5
+    class_embeddings = means if text == "good" else torch.randn(num_classes, dim, generator=g)
+    return FitData(
+        class_embeddings=F.normalize(class_embeddings, dim=-1),
+        logit_scale=100.0,
+        classnames=[f"class{i}" for i in range(num_classes)],
+        support_features=xs,
+        support_labels=ys,
+        support_views=F.normalize(xs + noise, dim=-1) if views else None,
+        val_features=xv,
+        val_labels=yv,
+        seed=1,
+    )
+
+
+def test_registry_lists_all_methods_under_their_names() -> None:
+    assert set(METHODS) == {
+        "zeroshot",
+        "ncm",
+        "linear_probe",
+        "lp_zs",
+        "clip_adapter",
+        "tip_adapter",
+        "tip_adapter_f",
+        "gda",
+    }
+    for name, cls in METHODS.items():
+        assert cls.name == name and issubclass(cls, Method)
+    assert METHODS["zeroshot"].reads == frozenset()
+    assert {DataKind.SUPPORT, DataKind.VALIDATION} <= METHODS["tip_adapter"].reads
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_hyperparameters_reconstruct_the_method(name: str) -> None:
+    hyperparameters = create_method(name).hyperparameters()
+    json.dumps(hyperparameters)
+    assert create_method(name, **hyperparameters).hyperparameters() == hyperparameters
+
+
+def test_unknown_method_name_lists_known_names() -> None:
+    with pytest.raises(ValueError, match="unknown method 'nope'") as error:
+        create_method("nope")
+    for name in METHODS:
+        assert name in str(error.value)
+
+
+def test_load_method_rejects_wrong_format_version(tmp_path: Path) -> None:
+    directory = create_method("zeroshot").fit(make_data()).save(tmp_path / "model")
+    config = json.loads((directory / "config.json").read_text())
+    config["format_version"] = 999
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="format_version 999"):
+        load_method(directory)
+
+
+def test_load_method_rejects_unknown_method(tmp_path: Path) -> None:
+    directory = create_method("zeroshot").fit(make_data()).save(tmp_path / "model")
+    config = json.loads((directory / "config.json").read_text())
+    config["method"] = "nope"
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"known methods: .*zeroshot"):
+        load_method(directory)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n, c in METHODS.items() if DataKind.SUPPORT in c.reads)
+)
+@pytest.mark.parametrize("field", ["support_features", "support_labels"])
+def test_fit_without_declared_support_names_the_missing_field(name: str, field: str) -> None:
+    data = make_data()
+    setattr(data, field, None)
+    with pytest.raises(ValueError, match=f"{name}: fit needs FitData.{field}"):
+        create_method(name).fit(data)
+
+
+def test_fit_rejects_inconsistent_inputs() -> None:
+    data = make_data()
+    data.val_labels = None
+    with pytest.raises(ValueError, match="val_labels is None"):
+        create_method("gda").fit(data)
+    data = make_data()
+    data.support_labels = data.support_labels + 5
+    with pytest.raises(ValueError, match="support_labels must lie in"):
+        create_method("ncm").fit(data)
+    data = make_data()
+    data.support_views = data.support_views[:, :2]
+    with pytest.raises(ValueError, match="support_views must be"):
+        create_method("tip_adapter").fit(data)
+
+
+def test_zero_shot_needs_no_support() -> None:
+    data = make_data()
+    data.support_features = data.support_labels = None
+    assert create_method("zeroshot").fit(data).is_fitted
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_save_load_round_trip_gives_identical_logits(name: str, tmp_path: Path) -> None:
+    data = make_data()
+    method = create_method(name).fit(data)
+    loaded = load_method(method.save(tmp_path / name))
+    assert type(loaded) is type(method)
+    assert loaded.selected == method.selected
+    assert loaded.hyperparameters() == method.hyperparameters()
+    assert torch.equal(
+        loaded.predict_logits(data.val_features), method.predict_logits(data.val_features)
+    )
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_trained_methods_are_deterministic_given_the_seed(name: str) -> None:
+    first = create_method(name).fit(make_data()).predict_logits(make_data().val_features)
+    second = create_method(name).fit(make_data()).predict_logits(make_data().val_features)
+    assert torch.equal(first, second)
+
+
+def test_clip_adapter_initialisation_follows_the_seed() -> None:
+    data = make_data()
+    first = create_method("clip_adapter").fit(data).state("down")
+    data.seed = 2
+    assert not torch.equal(first, create_method("clip_adapter").fit(data).state("down"))
+
+
+@pytest.mark.parametrize(("name", "grid"), [("tip_adapter", "alpha_grid"), ("gda", "alpha_grid")])
+def test_alpha_search_trusts_the_cache_when_text_is_useless(name: str, grid: str) -> None:
+    data = make_data(text="random", seed=3)
+    method = create_method(name, alpha=0.0001, **{grid: [0.0001, 1000.0]}).fit(data)
+    assert method.selected["alpha"]["value"] == 1000.0
+    assert method.selected["alpha"]["how"].startswith("validation acc1 over grid [0.0001, 1000.0]")
+
+
+@pytest.mark.parametrize(("name", "grid"), [("tip_adapter", "alpha_grid"), ("gda", "alpha_grid")])
+def test_alpha_search_trusts_the_text_when_support_labels_are_wrong(name: str, grid: str) -> None:
+    data = make_data(seed=4)
+    data.support_labels = (data.support_labels + 1) % data.num_classes
+    data.support_views = None
+    method = create_method(name, alpha=1000.0, **{grid: [0.0001, 1000.0]}).fit(data)
+    assert method.selected["alpha"]["value"] == 0.0001
+    assert method.selected["alpha"]["val_acc1"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n, c in METHODS.items() if DataKind.VALIDATION in c.reads)
+)
+def test_without_validation_the_defaults_are_used_and_recorded(name: str) -> None:
+    data = make_data()
+    data.val_features = data.val_labels = None
+    method = create_method(name)
+    method.fit(data)
+    hyperparameters = method.hyperparameters()
+    searched = [key for key in method.selected if key != "precision"]
+    assert searched
+    for key in searched:
+        assert method.selected[key] == {
+            "value": hyperparameters[key],
+            "how": "default (no validation set)",
+        }
+
+
+def test_selection_breaks_ties_towards_the_default_then_the_first() -> None:
+    data = make_data()
+    method = create_method("zeroshot")
+    flat = torch.zeros(len(data.val_labels), data.num_classes)  # every point ties
+
+    def val_logits(shape: tuple[int, ...]):
+        return lambda features: flat.expand(*shape, *flat.shape)
+
+    grid = {"a": [1.0, 2.0, 3.0], "b": [5.0, 6.0]}
+    chosen = choose(method, data, grid, {"a": 3.0, "b": 6.0}, val_logits((3, 2)))
+    assert chosen == {"a": 3.0, "b": 6.0}
+    assert method.selected["b"]["how"] == "validation acc1 over grid [5.0, 6.0] jointly with a"
+    chosen = choose(method, data, grid, {"a": 4.0, "b": 6.0}, val_logits((3, 2)))
+    assert chosen == {"a": 1.0, "b": 5.0}
