@@ -1,0 +1,95 @@
+"""The built-in model: real weights loaded strictly, data-free alignment, sane embeddings."""
+
+from __future__ import annotations
+
+import torch
+
+from clipadapt.models.base import hash_tensors
+from clipadapt.models.efficientnet_lite import EfficientNetLite0
+from clipadapt.models.lite import (
+    efficientnet_weights_path,
+    load_image_tower,
+    packaged_alignment_path,
+    relu6_gaussian_moments,
+)
+from clipadapt.models.lite_alignment import LiteAlignment, kernel_map, select_hyperparameters
+from clipadapt.models.minilm import MiniLMTextTower
+from tests.conftest import shared_data
+
+
+def test_efficientnet_state_dict_loads_strictly_with_every_key():
+    state = torch.load(efficientnet_weights_path(), map_location="cpu", weights_only=True)
+    net = EfficientNetLite0()
+    missing, unexpected = net.load_state_dict(state, strict=True)
+    assert not missing and not unexpected
+    assert set(net.state_dict()) == set(state)
+
+
+def test_batchnorm_fusion_keeps_outputs():
+    net = load_image_tower()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        before = net.forward_features(x)
+        after = net.fuse_batchnorm().forward_features(x)
+    assert torch.allclose(before, after, atol=1e-4)
+
+
+def test_relu6_moments_match_monte_carlo():
+    mean, std = torch.tensor([-1.0, 0.5, 3.0, 7.0]), torch.tensor([1.0, 2.0, 2.0, 0.5])
+    z = mean + std * torch.randn(400_000, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(relu6_gaussian_moments(mean, std), z.clamp(0, 6).mean(0), atol=0.02)
+
+
+def test_kernel_map_is_softmax_weighted_top_k_average():
+    keys = torch.eye(3)
+    values = torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
+    query = torch.tensor([[1.0, 0.5, 0.0]])
+    out = kernel_map(query, keys, values, tau=0.5, k=2)
+    w = torch.softmax(torch.tensor([1.0, 0.5]) / 0.5, dim=0)
+    assert torch.allclose(out, (w[0] * values[0] + w[1] * values[1])[None])
+
+
+def test_alignment_selection_recovers_a_planted_neighbourhood_structure():
+    # Head vectors are a smooth function of text: kernel regression must beat chance by far.
+    g = torch.Generator().manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(200, 8, generator=g), dim=-1)
+    head = text @ torch.randn(8, 32, generator=g)
+    tau, k, scale, report = select_hyperparameters(text, head, n_folds=4)
+    assert report["selected"]["heldout_acc1"] > 0.5
+    assert report["grid_accuracy"][f"tau={tau},k={k}"] == max(report["grid_accuracy"].values())
+    assert scale > 0
+
+
+def test_packaged_alignment_matches_the_installed_weights():
+    """Start-up must not refit: the shipped alignment is for exactly these weights."""
+    alignment = LiteAlignment.load(packaged_alignment_path())
+    head = load_image_tower()._fc.weight.detach()
+    assert alignment.head_fingerprint == hash_tensors([head])
+    assert alignment.text_fingerprint == hash_tensors(MiniLMTextTower().state_dict().values())
+    assert alignment.imagenet_text.shape == (1000, 384)
+
+
+def test_lite_embeddings_are_normalised_and_deterministic(lite_backend):
+    texts = lite_backend.encode_texts(["a photo of a dog.", "a photo of a guitar."])
+    assert texts.shape == (2, lite_backend.embed_dim)
+    assert torch.allclose(texts.norm(dim=-1), torch.ones(2), atol=1e-5)
+    pixels = torch.rand(2, 3, 224, 224) * 2 - 1
+    a, b = lite_backend.encode_images(pixels), lite_backend.encode_images(pixels)
+    assert torch.equal(a, b)
+    assert torch.allclose(a.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_lite_zero_shot_recognises_a_few_pacs_photos(lite_backend):
+    from clipadapt.data import decode_image, load_image_folder
+    from clipadapt.prompts import class_embeddings, make_prompt_set
+
+    dataset = load_image_folder(shared_data("pacs100", "photo"))
+    by_class = {c: [i for i, y in enumerate(dataset.labels) if y == c][:3] for c in range(7)}
+    picks = [i for idx in by_class.values() for i in idx]
+    pixels = torch.stack(
+        [lite_backend.preprocess(decode_image(dataset.samples[i].path)) for i in picks]
+    )
+    weights = class_embeddings(lite_backend, dataset.classnames, make_prompt_set("default"))
+    pred = (lite_backend.encode_images(pixels) @ weights.T).argmax(1)
+    accuracy = (pred == torch.from_numpy(dataset.labels[picks])).float().mean()
+    assert accuracy >= 0.6  # 7-way chance is 0.14; the full-photo accuracy is about 0.82
