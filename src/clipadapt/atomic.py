@@ -10,6 +10,15 @@ from pathlib import Path
 from typing import Any
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_mode()
+
+
 def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``target``.
 
@@ -21,6 +30,7 @@ def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], Any]) -
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
