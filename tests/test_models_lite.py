@@ -93,3 +93,14 @@ def test_lite_zero_shot_recognises_a_few_pacs_photos(lite_backend):
     pred = (lite_backend.encode_images(pixels) @ weights.T).argmax(1)
     accuracy = (pred == torch.from_numpy(dataset.labels[picks])).float().mean()
     assert accuracy >= 0.6  # 7-way chance is 0.14; the full-photo accuracy is about 0.82
+
+
+def test_alignment_text_embeddings_are_reproducible():
+    """``clipadapt lite-align`` recomputes the shipped ImageNet text embeddings exactly."""
+    from clipadapt.models.lite_alignment import ensemble_text, imagenet_classnames
+
+    alignment = LiteAlignment.load(packaged_alignment_path())
+    rows = [0, 207, 386, 546, 999]
+    names = [imagenet_classnames()[i] for i in rows]
+    again = ensemble_text(MiniLMTextTower().encode, names, alignment.templates)
+    assert torch.allclose(again, alignment.imagenet_text[rows], atol=1e-5)
