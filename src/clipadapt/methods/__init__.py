@@ -15,6 +15,18 @@ from clipadapt.methods.clip_adapter import ClipAdapter
 from clipadapt.methods.gda import GDA
 from clipadapt.methods.linear import LinearProbe, ZeroShotLinearProbe
 from clipadapt.methods.ncm import NearestClassMean
+from clipadapt.methods.prompting import (
+    IVLP,
+    CoCoOp,
+    CoOp,
+    KgCoOp,
+    MaPLe,
+    PromptDistill,
+    TextLoRA,
+    TowerMethod,
+    UnsupervisedCoOp,
+    VisualPrompt,
+)
 from clipadapt.methods.tip_adapter import TipAdapter, TipAdapterF
 from clipadapt.methods.zeroshot import ZeroShot
 
@@ -29,6 +41,15 @@ METHODS: dict[str, type[Method]] = {
         TipAdapter,
         TipAdapterF,
         GDA,
+        CoOp,
+        KgCoOp,
+        CoCoOp,
+        TextLoRA,
+        VisualPrompt,
+        PromptDistill,
+        UnsupervisedCoOp,
+        MaPLe,
+        IVLP,
     )
 }
 
@@ -52,16 +73,26 @@ def load_method(directory: str | os.PathLike[str]) -> Method:
 
 __all__ = [
     "GDA",
+    "IVLP",
     "METHODS",
     "ClipAdapter",
+    "CoCoOp",
+    "CoOp",
     "DataKind",
     "FitData",
+    "KgCoOp",
     "LinearProbe",
+    "MaPLe",
     "Method",
     "NearestClassMean",
     "NotFittedError",
+    "PromptDistill",
+    "TextLoRA",
     "TipAdapter",
     "TipAdapterF",
+    "TowerMethod",
+    "UnsupervisedCoOp",
+    "VisualPrompt",
     "ZeroShot",
     "ZeroShotLinearProbe",
     "create_method",

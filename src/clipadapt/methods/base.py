@@ -15,12 +15,15 @@ import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from clipadapt.atomic import atomic_write, atomic_write_json
+
+if TYPE_CHECKING:
+    from clipadapt.models.base import Backend
 
 FORMAT_VERSION = 1
 
@@ -32,6 +35,8 @@ class DataKind(StrEnum):
     SUPPORT_VIEWS = "support_views"  # augmented views of the support set
     VALIDATION = "validation"  # labeled few-shot validation set (model selection)
     UNLABELED = "unlabeled"  # unlabeled images; transductive if they include test images
+    TOWER = "tower"  # the backend itself at fit time (FitData.backend), e.g. for prompt learning
+    SUPPORT_IMAGES = "support_images"  # the support images' files (FitData.support_paths)
 
 
 @dataclass
@@ -53,6 +58,10 @@ class FitData:
     unlabeled_features: torch.Tensor | None = None  # (U, D)
     unlabeled_includes_test: bool = False
     seed: int = 1
+    backend: Backend | None = None  # given to methods that read DataKind.TOWER
+    support_paths: list[str] | None = None  # (N,) image files of the support set, same order
+    unlabeled_paths: list[str] | None = None  # (U,) image files of the unlabeled set
+    checkpoint_dir: Path | None = None  # where training methods checkpoint each epoch
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -74,6 +83,8 @@ class Method:
     name: ClassVar[str]
     reads: ClassVar[frozenset[DataKind]] = frozenset({DataKind.SUPPORT})
     training_free: ClassVar[bool] = True
+    supports_new_classes: ClassVar[bool] = False
+    """Whether ``transfer_logits`` scores classes the method was not fitted on."""
 
     def __init__(self) -> None:
         self.selected: dict[str, Any] = {}
@@ -92,6 +103,18 @@ class Method:
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         return self.predict_logits(features).argmax(dim=-1)
+
+    def transfer_logits(
+        self, features: torch.Tensor, class_embeddings: torch.Tensor, classnames: list[str]
+    ) -> torch.Tensor:
+        """Scores (N, C') for other classes, given their text embeddings (C', D) and names
+        (base-to-novel); only methods with ``supports_new_classes`` implement it."""
+        raise NotImplementedError(f"{self.name} cannot score classes it was not fitted on")
+
+    def feature_backend(self, backend: Backend) -> Backend:
+        """The backend whose image features ``predict_logits`` expects: ``backend`` itself,
+        unless the method adapted the image side (then a wrapper with its own fingerprint)."""
+        return backend
 
     # -- learned state ------------------------------------------------------------------
     @property

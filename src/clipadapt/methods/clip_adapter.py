@@ -42,6 +42,7 @@ class ClipAdapter(Method):
     name = "clip_adapter"
     reads = frozenset({DataKind.SUPPORT, DataKind.SUPPORT_VIEWS, DataKind.VALIDATION})
     training_free = False
+    supports_new_classes = True  # the adapter acts on image features, any text classifier works
 
     def __init__(
         self,
@@ -105,6 +106,13 @@ class ClipAdapter(Method):
         s = self.state
         adapted = adapt(features, s("down"), s("up"), s("ratio"))
         return cosine_logits(adapted, s("text"), s("logit_scale"))
+
+    def transfer_logits(
+        self, features: torch.Tensor, class_embeddings: torch.Tensor, classnames: list[str]
+    ) -> torch.Tensor:
+        s = self.state
+        adapted = adapt(features, s("down"), s("up"), s("ratio"))
+        return cosine_logits(adapted, class_embeddings, s("logit_scale"))
 
 
 def _linear_init(out_features: int, in_features: int, generator: torch.Generator) -> torch.Tensor:

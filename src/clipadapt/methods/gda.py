@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Self
 
 import torch
@@ -35,21 +36,46 @@ from clipadapt.methods.common import (
 from clipadapt.methods.selection import choose
 
 
-def ridge_precision(centered: torch.Tensor) -> torch.Tensor | None:
-    """``D * (Xc^T Xc + tr(S) I)^-1`` for class-centred rows ``Xc`` (n, D); None if Xc = 0.
+@dataclass
+class Precision:
+    """``P = a I + b B^T (L L^T)^-1 B``: basis B (m, D), Cholesky factor L (m, m), (a, b)."""
 
-    Inverts in the smaller of the n- and D-dimensional spaces (Woodbury when n < D).
-    """
+    basis: torch.Tensor
+    cholesky: torch.Tensor
+    scales: torch.Tensor
+
+    @classmethod
+    def identity(cls, dim: int) -> Precision:
+        return cls(torch.zeros(1, dim), torch.ones(1, 1), torch.tensor([1.0, 0.0]))
+
+    def apply(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows @ P`` (P is symmetric) for rows (N, D)."""
+        inner = torch.cholesky_solve(self.basis @ rows.T, self.cholesky)  # (m, N)
+        return self.scales[0] * rows + self.scales[1] * (inner.T @ self.basis)
+
+    def quadratic(self, rows: torch.Tensor) -> torch.Tensor:
+        """``f^T P f`` for every row f of ``rows`` (N, D)."""
+        projected = self.basis @ rows.T  # (m, N)
+        inner = torch.cholesky_solve(projected, self.cholesky)
+        return self.scales[0] * rows.pow(2).sum(-1) + self.scales[1] * (projected * inner).sum(0)
+
+
+def ridge_precision(centered: torch.Tensor) -> Precision | None:
+    """``D * (Xc^T Xc + tr(S) I)^-1`` for class-centred rows ``Xc`` (n, D), in factored form;
+    None if Xc = 0. Works in the smaller of the n- and D-dimensional spaces: when n < D,
+    Woodbury gives ``(D/r) (I - Xc^T (Xc Xc^T + r I)^-1 Xc)`` with r = tr(S), so the fit never
+    forms a D x D matrix (an n x n Cholesky factor instead)."""
     n, dim = centered.shape
-    ridge = float(centered.pow(2).sum()) / max(n - 1, 1)  # tr(S)
+    small = n < dim
+    gram = centered @ centered.T if small else centered.T @ centered
+    ridge = float(gram.trace()) / max(n - 1, 1)  # tr(S)
     if ridge <= 0:
         return None
-    if n < dim:  # (Xc^T Xc + r I)^-1 = (I - Z^T Z) / r with Z = chol(r I + Xc Xc^T)^-1 Xc
-        gram = centered @ centered.T + ridge * torch.eye(n)
-        z = torch.linalg.solve_triangular(torch.linalg.cholesky(gram), centered, upper=False)
-        return torch.addmm(torch.eye(dim), z.T, z, beta=dim / ridge, alpha=-dim / ridge)
-    scatter = centered.T @ centered + ridge * torch.eye(dim)
-    return dim * torch.cholesky_inverse(torch.linalg.cholesky(scatter))
+    gram.diagonal().add_(ridge)
+    if small:
+        scales = torch.tensor([dim / ridge, -dim / ridge])
+        return Precision(centered, torch.linalg.cholesky(gram), scales)
+    return Precision(torch.eye(dim), torch.linalg.cholesky(gram), torch.tensor([0.0, dim]))
 
 
 class GDA(Method):
@@ -82,12 +108,12 @@ class GDA(Method):
         means = class_means(self, x, y, data.num_classes)
         precision = ridge_precision(x - means[y])
         if precision is None:
-            precision = torch.eye(x.shape[1])
+            precision = Precision.identity(x.shape[1])
             self.selected["precision"] = {
                 "value": "identity",
                 "how": "no within-class scatter (one example per class, no views)",
             }
-        weight = means @ precision
+        weight = precision.apply(means)
         bias = math.log(1.0 / data.num_classes) - 0.5 * (weight * means).sum(dim=-1)
 
         def val_logits(f: torch.Tensor) -> torch.Tensor:  # (alpha, M, C)
@@ -99,7 +125,9 @@ class GDA(Method):
             text=text,
             logit_scale=scale,
             means=means,
-            precision=precision,
+            precision_basis=precision.basis,
+            precision_cholesky=precision.cholesky,
+            precision_scales=precision.scales,
             weight=weight,
             bias=bias,
             alpha=torch.tensor(chosen["alpha"]),
@@ -111,10 +139,18 @@ class GDA(Method):
         gda = features @ s("weight").T + s("bias")
         return cosine_logits(features, s("text"), s("logit_scale")) + s("alpha") * gda
 
+    def precision(self) -> torch.Tensor:
+        """The shared precision matrix P (D, D), formed on request."""
+        return self._precision().apply(torch.eye(self.state("means").shape[1]))
+
+    def _precision(self) -> Precision:
+        s = self.state
+        return Precision(s("precision_basis"), s("precision_cholesky"), s("precision_scales"))
+
     def mahalanobis_distance(self, features: torch.Tensor) -> torch.Tensor:
         """Squared Mahalanobis distance to the nearest class mean, min_k (f-mu_k)^T P (f-mu_k)."""
         s = self.state
-        quadratic = ((features @ s("precision")) * features).sum(dim=-1, keepdim=True)
+        quadratic = self._precision().quadratic(features)[:, None]
         cross = features @ s("weight").T  # f^T P mu_k (P is symmetric)
         constant = (s("weight") * s("means")).sum(dim=-1)  # mu_k^T P mu_k
         return (quadratic - 2 * cross + constant).min(dim=-1).values.clamp_min(0.0)

@@ -16,6 +16,7 @@ class ZeroShot(Method):
     name = "zeroshot"
     reads = frozenset()
     training_free = True
+    supports_new_classes = True
 
     def fit(self, data: FitData) -> Self:
         check_fit_data(self, data)
@@ -24,3 +25,8 @@ class ZeroShot(Method):
 
     def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
         return cosine_logits(features, self.state("text"), self.state("logit_scale"))
+
+    def transfer_logits(
+        self, features: torch.Tensor, class_embeddings: torch.Tensor, classnames: list[str]
+    ) -> torch.Tensor:
+        return cosine_logits(features, class_embeddings, self.state("logit_scale"))
