@@ -1,0 +1,151 @@
+"""The detector interface: OOD scores as small estimators, in pytorch-ood's spirit.
+
+A detector is fitted on the same :class:`~clipadapt.methods.FitData` a method sees (never on
+test data) and scores inputs with ``score(features, logits)``: one number per input, higher
+meaning more likely out-of-distribution. ``uses`` says which inputs it reads: the method's
+logits (so the score sits on top of whichever method classified), the image features, or
+local patch features (ViT towers only). Like methods, detectors save to a directory
+(``config.json`` + ``state.safetensors``) that loads back to identical scores.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from clipadapt.atomic import atomic_write, atomic_write_json
+from clipadapt.methods.base import FORMAT_VERSION, DataKind, FitData, NotFittedError, read_config
+
+TextEncoder = Callable[[list[str]], torch.Tensor]
+"""Texts -> L2-normalised embeddings (N, D), e.g. ``backend.encode_texts``."""
+
+
+class ScoreInput(StrEnum):
+    """What a detector reads at scoring time."""
+
+    LOGITS = "logits"  # the method's predict_logits output (N, C)
+    FEATURES = "features"  # L2-normalised global image features (N, D)
+    LOCAL_FEATURES = "local_features"  # L2-normalised patch features (N, P, D), ViT only
+
+
+class Detector:
+    """Base class. Subclasses set ``name``, ``uses``, ``reads`` and implement ``_score``.
+
+    ``reads`` lists the kinds of fit data the detector needs (as for methods); ``fit`` may
+    also get ``encode_texts`` for detectors that embed extra texts (NegLabel).
+    """
+
+    name: ClassVar[str]
+    uses: ClassVar[frozenset[ScoreInput]] = frozenset({ScoreInput.LOGITS})
+    reads: ClassVar[frozenset[DataKind]] = frozenset()
+
+    def __init__(self) -> None:
+        self._state: dict[str, torch.Tensor] = {}
+        self.info: dict[str, Any] = {}  # JSON-serialisable facts learned in fit
+        self._fitted = False
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {}
+
+    def fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> Self:
+        """Learn what the score needs from ``data``; the default learns nothing."""
+        self._fitted = True
+        return self
+
+    def score(
+        self,
+        features: torch.Tensor | None,
+        logits: torch.Tensor | None = None,
+        *,
+        local_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """OOD scores (N,), higher = more likely out-of-distribution."""
+        if not self._fitted:
+            raise NotFittedError(f"{self.name}: call fit() before score()")
+        given = {
+            ScoreInput.FEATURES: features,
+            ScoreInput.LOGITS: logits,
+            ScoreInput.LOCAL_FEATURES: local_features,
+        }
+        missing = sorted(k.value for k in self.uses if given[k] is None)
+        if missing:
+            hint = (
+                " (local patch features come from clipadapt.ood.local.extract_local_features, "
+                "for ViT towers)"
+                if ScoreInput.LOCAL_FEATURES.value in missing
+                else ""
+            )
+            raise ValueError(f"{self.name}: score() needs {', '.join(missing)}{hint}")
+        sizes = {k.value: len(v) for k, v in given.items() if k in self.uses}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"{self.name}: inputs disagree on the number of samples: {sizes}")
+        with torch.no_grad():
+            return self._score(features, logits, local_features).float()
+
+    def _score(
+        self,
+        features: torch.Tensor | None,
+        logits: torch.Tensor | None,
+        local_features: torch.Tensor | None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- learned state ------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return self._fitted
+
+    def state(self, key: str) -> torch.Tensor:
+        if key not in self._state:
+            raise NotFittedError(f"{self.name}: call fit() before using the detector")
+        return self._state[key]
+
+    def set_state(self, **tensors: torch.Tensor) -> None:
+        for key, value in tensors.items():
+            self._state[key] = value.detach().to(torch.float32).contiguous().cpu()
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` and ``state.safetensors`` atomically into ``directory``."""
+        if not self._fitted:
+            raise NotFittedError(f"{self.name}: nothing to save, call fit() first")
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self._save_extra(out)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "detector": self.name,
+            "hyperparameters": self.hyperparameters(),
+            "info": self.info,
+        }
+        atomic_write(out / "state.safetensors", lambda p: save_file(self._state, str(p)))
+        atomic_write_json(out / "config.json", config)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Self:
+        path = Path(directory)
+        config = read_config(path)
+        if config.get("detector") != cls.name:
+            raise ValueError(
+                f"{path / 'config.json'}: holds detector {config.get('detector')!r}, "
+                f"not {cls.name!r}"
+            )
+        detector = cls(**config["hyperparameters"])
+        detector.info = config.get("info", {})
+        detector._state = load_file(str(path / "state.safetensors"))
+        detector._load_extra(path)
+        detector._fitted = True
+        return detector
+
+    def _save_extra(self, directory: Path) -> None:
+        """Hook for detectors whose state includes a whole saved object (a method)."""
+
+    def _load_extra(self, directory: Path) -> None:
+        """Counterpart of ``_save_extra``."""
