@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -10,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from clipadapt import __version__
+from clipadapt.bench.config import DEFAULT_VIEWS, PROTOCOLS
 from clipadapt.data import ImageDataset, load_dataset
 from clipadapt.data.errors import DatasetError
+from clipadapt.demo import DEMO_METHOD
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,11 +68,84 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="where to write it (default: the user cache)")
     p.set_defaults(func=cmd_lite_align)
 
-    p = sub.add_parser("demo", help="the main job on embedded defaults (built-in model and data)")
+    p = sub.add_parser(
+        "bench", help="run methods x domains x shots x seeds under a protocol, one JSON per run"
+    )
+    _bench_args(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="aggregate bench results into CSV, Markdown and HTML")
+    p.add_argument("results", type=Path, help="a directory written by clipadapt bench")
+    p.add_argument("--out", type=Path, help="where to write (default: <results>/report)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("adapt", help="fit one method on a labeled folder and save the model")
+    _model_args(p)
+    _data_args(p)
+    p.add_argument("--method", default="gda", help="method name (default: gda)")
+    p.add_argument("--shots", type=int, default=16, help="images per class to fit on")
+    p.add_argument("--seed", type=int, default=1, help="few-shot sampling seed")
+    p.add_argument("--views", type=int, default=DEFAULT_VIEWS, help="augmented views per image")
+    p.add_argument("--templates", default="default", help="template set or file")
+    p.add_argument("--split-seed", type=int, default=1)
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.3,
+        help="held out to score the model and zero-shot (0: fit may draw from every image)",
+    )
+    p.add_argument("--on-too-few", choices=["error", "use_all"], default="error")
+    p.add_argument("--out", type=Path, required=True, help="the model directory to write")
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("predict", help="label images with an adapted model: CSV rows")
+    p.add_argument("model_dir", type=Path, help="a directory written by clipadapt adapt")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--output", type=Path, help="write the CSV here (default: standard output)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache-dir", type=Path, help="feature cache directory")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, list them")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "demo",
+        help="the main job: adapt the built-in model to the textile images, compare to zero-shot",
+    )
     p.add_argument("--output-dir", type=Path, default=Path("results/demo"))
+    p.add_argument("--method", default=DEMO_METHOD)
+    p.add_argument("--shots", type=int, default=16)
     p.add_argument("--cache-dir", type=Path)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    """Every flag defaults to None so that a --config file supplies the rest."""
+    p.add_argument("--config", type=Path, help="YAML file with the same keys as these flags")
+    p.add_argument("--model", help="model spec (default: lite)")
+    p.add_argument("--data", help="domain-folders root, image folder, .csv or builtin:<name>")
+    p.add_argument("--protocol", choices=list(PROTOCOLS), help="default: single_source")
+    p.add_argument("--methods", help="comma-separated method names (default: all)")
+    p.add_argument("--shots", help="comma-separated shot counts (default: 1,2,4,8,16)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: 1,2,3)")
+    p.add_argument("--sources", help="source domains (held-out ones for lodo; default: all)")
+    p.add_argument(
+        "--views", type=int, help=f"augmented views per image (default: {DEFAULT_VIEWS})"
+    )
+    p.add_argument("--split-seed", type=int, help="train/test split seed (default: 1)")
+    p.add_argument("--test-fraction", type=float, help="test share per class (default: 0.3)")
+    p.add_argument("--templates", help="template set or file (default: default)")
+    p.add_argument("--on-too-few", choices=["error", "use_all"], help="default: error")
+    p.add_argument("--classnames", type=Path, help="classnames.json mapping folders to names")
+    p.add_argument("--device", help="default: cpu")
+    p.add_argument("--cache-dir", type=Path, help="feature cache directory")
+    p.add_argument("--skip-bad", action="store_const", const=True, help="skip unreadable images")
+    p.add_argument("--out", type=Path, help="results directory")
+    p.add_argument("--overwrite", action="store_true", help="replace results of other configs")
+    p.add_argument(
+        "--prepare-only", action="store_true", help="only compute and cache the features needed"
+    )
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -190,14 +266,103 @@ def cmd_lite_align(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from clipadapt.bench.config import BenchConfig, read_config_file
+    from clipadapt.bench.runner import run_bench
+
+    values = read_config_file(args.config) if args.config else {}
+    names = [field.name for field in dataclasses.fields(BenchConfig)]
+    flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    where = f"benchmark config {args.config}" if args.config else "clipadapt bench"
+    config = BenchConfig.from_mapping(values | flags, where=where)
+    summary = run_bench(
+        config, overwrite=args.overwrite, prepare_only=args.prepare_only, progress=not args.quiet
+    )
+    if args.prepare_only:
+        print(f"features ready for the {summary.planned} planned runs")
+        return
+    print(
+        f"{len(summary.ran)} runs done, {len(summary.skipped)} already finished, in "
+        f"{summary.wall_seconds:.1f} s; results in {config.out}\n"
+        f"next: clipadapt report {config.out}"
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from clipadapt.bench.report import write_report
+
+    written = write_report(args.results, args.out or args.results / "report")
+    for kind, path in written.items():
+        print(f"{kind:9s} {path}")
+
+
+def cmd_adapt(args: argparse.Namespace) -> None:
+    from clipadapt.adapted import adapt
+
+    dataset = _single_dataset(args)
+    adapted = adapt(
+        _backend(args),
+        dataset,
+        args.out,
+        method=args.method,
+        shots=args.shots,
+        seed=args.seed,
+        views=args.views,
+        templates=args.templates,
+        split_seed=args.split_seed,
+        test_fraction=args.test_fraction,
+        on_too_few=args.on_too_few,
+        cache=_cache(args),
+        skip_bad=args.skip_bad,
+        progress=not args.quiet,
+    )
+    print(format_adapted(adapted))
+    print(f"model saved to {args.out}; label images with: clipadapt predict {args.out} <images>")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from clipadapt.adapted import (
+        check_backend,
+        image_paths,
+        load_adapted,
+        predict,
+        predictions_csv,
+        write_predictions,
+    )
+    from clipadapt.models import create_backend
+
+    adapted = load_adapted(args.model_dir)
+    backend = create_backend(adapted.info["model"]["spec"], args.device)
+    check_backend(adapted, backend, args.model_dir)
+    rows, skipped = predict(
+        adapted,
+        backend,
+        image_paths(args.images),
+        cache=_cache(args),
+        skip_bad=args.skip_bad,
+        progress=not args.quiet,
+    )
+    for item in skipped:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    if args.output:
+        print(f"{len(rows)} predictions written to {write_predictions(rows, args.output)}")
+    else:
+        sys.stdout.write(predictions_csv(rows))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
-    args.data, args.model, args.device = "builtin:textile", "lite", "cpu"
-    args.classnames, args.skip_bad, args.no_cache = None, False, False
-    args.templates, args.descriptions, args.split = "default", None, "test"
-    args.seed, args.test_fraction = 1, 0.3
-    args.output = args.output_dir / "zeroshot.json"
-    cmd_zeroshot(args)
-    print(f"results written to {args.output}")
+    from clipadapt.bench.results import write_result
+    from clipadapt.demo import run_demo
+
+    result = run_demo(
+        args.output_dir,
+        method=args.method,
+        shots=args.shots,
+        cache=_cache(args),
+        progress=not args.quiet,
+    )
+    print(format_demo(result))
+    print(f"results written to {write_result(result, args.output_dir / 'result.json').parent}")
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -217,6 +382,16 @@ def _cache(args: argparse.Namespace):
     return args._cache_obj
 
 
+def _single_dataset(args: argparse.Namespace) -> ImageDataset:
+    datasets = _datasets(args)
+    if len(datasets) > 1:
+        raise DatasetError(
+            f"{args.data} holds domains ({', '.join(datasets)}); give one domain's folder, "
+            f"e.g. {Path(args.data) / next(iter(datasets)).split('/')[-1]}"
+        )
+    return next(iter(datasets.values()))
+
+
 def _datasets(args: argparse.Namespace) -> dict[str, ImageDataset]:
     if not hasattr(args, "_datasets"):
         loaded = load_dataset(args.data, classnames_file=args.classnames, skip_bad=args.skip_bad)
@@ -232,6 +407,37 @@ def _output_path(output: Path | None, name: str, count: int) -> Path | None:
     if output is None:
         return None
     return output if count == 1 else output / f"{_slug(name)}.json"
+
+
+def format_adapted(adapted) -> str:
+    """The held-out comparison of an adapted model against zero-shot, as text."""
+    info, name = adapted.info, adapted.method.name
+    fewshot = info["fewshot"]
+    head = (
+        f"{name}: {fewshot['shots']} shots per class (seed {fewshot['seed']}, "
+        f"{fewshot['views']} augmented views), fitted in {info['fit_seconds'] * 1000:.0f} ms"
+    )
+    evaluation = info["evaluation"]
+    if evaluation is None:
+        return head + "; no test split held out (--test-fraction 0), so no accuracy to report"
+    zs, ours = evaluation["zeroshot"]["acc1"], evaluation[name]["acc1"]
+    return (
+        f"{head}\ntest split ({evaluation['n']} images): zero-shot acc1 {zs:.4f}, "
+        f"{name} acc1 {ours:.4f} ({(ours - zs) * 100:+.1f} points)"
+    )
+
+
+def format_demo(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['dataset']}: {result['n_test']} test images, {result['shots']} shots per class "
+        f"(seed {result['seed']}), model {result['model_spec']}"
+    ]
+    keys = ("acc1", "mean_per_class_recall", "macro_f1")
+    lines.append(f"{'method':16s}" + "".join(f"{k:>24s}" for k in keys))
+    for name, metrics in result["metrics"].items():
+        lines.append(f"{name:16s}" + "".join(f"{metrics[k]:24.4f}" for k in keys))
+    lines.append(f"gain over zero-shot: {result['gain_acc1'] * 100:+.1f} acc1 points")
+    return "\n".join(lines)
 
 
 def format_metrics_table(results: list[dict[str, Any]]) -> str:

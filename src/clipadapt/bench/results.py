@@ -57,6 +57,12 @@ def base_result(
     }
 
 
+def find_results(root: str | Path) -> list[Path]:
+    """The bench result files under ``root``:
+    ``<root>/<protocol>/<collection>/<group>/<method>/K<shots>_s<seed>.json``."""
+    return sorted(Path(root).glob("*/*/*/*/K*_s*.json"))
+
+
 def write_result(result: dict[str, Any], path: str | Path) -> Path:
     return atomic_write_json(path, result)
 

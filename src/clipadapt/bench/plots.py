@@ -1,0 +1,208 @@
+"""Report figures: accuracy against shots, per-domain bars, confusion matrices.
+
+Figures are built with matplotlib's object API (no pyplot state, no display needed) and
+rendered to PNG by the Agg canvas.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from clipadapt.bench.aggregate import (
+    PRIMARY_ROLES,
+    ROLE_TITLES,
+    Cell,
+    Key,
+    source_label,
+)
+from clipadapt.bench.protocols import IN_DOMAIN
+
+Section = dict[Key, Cell]  # the cells of one (protocol, dataset)
+
+
+def png_bytes(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def method_colors(methods: list[str]) -> dict[str, tuple[float, ...]]:
+    palette = matplotlib.colormaps["tab10"].colors
+    return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
+
+
+def shots_figure(
+    cells: Section, protocol: str, groups: list[str], methods: list[str], shots: list[int]
+) -> Figure:
+    """acc1 against shots: one panel per (headline role, source), one line per method."""
+    roles = PRIMARY_ROLES[protocol]
+    colors = method_colors(methods)
+    figure = Figure(figsize=(3.4 * len(groups) + 1.8, 2.9 * len(roles)))
+    axes = figure.subplots(len(roles), len(groups), squeeze=False, sharex=True)
+    for r, role in enumerate(roles):
+        for g, group in enumerate(groups):
+            ax = axes[r][g]
+            for method in methods:
+                points = [
+                    (k, c.mean * 100, c.std * 100)
+                    for k in shots
+                    if (c := _find(cells, group, role, method, k)) and c.applicable
+                ]
+                if points:
+                    x, y, err = zip(*points, strict=True)
+                    ax.errorbar(
+                        x,
+                        y,
+                        yerr=err,
+                        marker="o",
+                        ms=3,
+                        lw=1.4,
+                        capsize=2,
+                        color=colors[method],
+                        label=method,
+                    )
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(shots, [str(k) for k in shots])
+            ax.minorticks_off()
+            ax.grid(alpha=0.3)
+            if r == 0:
+                ax.set_title(f"source: {source_label(protocol, group)}", fontsize=10)
+            if g == 0:
+                ax.set_ylabel(f"acc1 (%)\n{ROLE_TITLES[role]}", fontsize=8)
+            if r == len(roles) - 1:
+                ax.set_xlabel("shots per class")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def domain_bars_figure(
+    cells: Section, protocol: str, groups: list[str], methods: list[str], shots: int
+) -> Figure:
+    """acc1 at ``shots``: per source, bars per target domain (single_source), otherwise bars
+    per source for each headline role; one bar per method, error bars = std over seeds."""
+    colors = method_colors(methods)
+    if protocol == "single_source":
+        panels = [
+            (f"source: {g}", [(_target_label(k), k) for k in _targets(cells, g)]) for g in groups
+        ]
+    else:
+        panels = [
+            (ROLE_TITLES[role], [(source_label(protocol, g), _key(cells, g, role)) for g in groups])
+            for role in PRIMARY_ROLES[protocol]
+        ]
+    columns_of_panels = min(2, len(panels))
+    rows_of_panels = -(-len(panels) // columns_of_panels)
+    figure = Figure(figsize=(6.0 * columns_of_panels + 1.8, 3.4 * rows_of_panels))
+    axes = figure.subplots(rows_of_panels, columns_of_panels, squeeze=False, sharey=True)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    width = 0.8 / len(methods)
+    for i, (ax, (title, columns)) in enumerate(zip(axes.flat, panels, strict=False)):
+        for m, method in enumerate(methods):
+            heights, errors = [], []
+            for _, key in columns:
+                cell = cells.get(_with(key, method, shots)) if key else None
+                ok = cell is not None and cell.applicable
+                heights.append(cell.mean * 100 if ok else np.nan)
+                errors.append(cell.std * 100 if ok else 0.0)
+            x = np.arange(len(columns)) + (m - (len(methods) - 1) / 2) * width
+            ax.bar(x, heights, width, yerr=errors, capsize=1.5, color=colors[method], label=method)
+        ax.set_xticks(
+            np.arange(len(columns)),
+            [label for label, _ in columns],
+            fontsize=8,
+        )
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+        if i % columns_of_panels == 0:
+            ax.set_ylabel(f"acc1 (%) at {shots} shots")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def confusion_figure(
+    cells: Section, protocol: str, groups: list[str], method: str, shots: int
+) -> Figure:
+    """Row-normalised confusion matrices of ``method`` at ``shots`` (summed over seeds): a row
+    of panels per source when sources have several targets, else a grid of up to 4 columns."""
+    panels = [
+        [
+            (f"{source_label(protocol, g)} -> {k.target}", c)
+            for k in _targets(cells, g)
+            if (c := cells.get(_with(k, method, shots))) is not None and c.confusion is not None
+        ]
+        for g in groups
+    ]
+    if max(map(len, panels)) > 1:
+        columns = max(map(len, panels))
+        grid = [row + [None] * (columns - len(row)) for row in panels]
+    else:
+        flat = [p for row in panels for p in row]
+        columns = min(4, len(flat))
+        flat += [None] * (-len(flat) % columns)
+        grid = [flat[i : i + columns] for i in range(0, len(flat), columns)]
+    size = max(len(c.classnames or c.confusion) for row in panels for _, c in row)
+    side = 1.0 + 0.32 * size
+    figure = Figure(figsize=(side * columns, side * len(grid) + 0.4))
+    axes = figure.subplots(len(grid), columns, squeeze=False)
+    for ax, panel in zip(axes.flat, (p for row in grid for p in row), strict=True):
+        if panel is None:
+            ax.axis("off")
+        else:
+            _confusion_panel(ax, *panel)
+    figure.suptitle(f"{method}, {shots} shots, summed over seeds (rows: true class)", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def _confusion_panel(ax, title: str, cell: Cell) -> None:
+    matrix = cell.confusion / np.maximum(cell.confusion.sum(axis=1, keepdims=True), 1)
+    ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
+    names = cell.classnames or [str(i) for i in range(len(matrix))]
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(names)), names, fontsize=6)
+    if len(names) <= 12:
+        for i, j in np.ndindex(matrix.shape):
+            if matrix[i, j] >= 0.005:
+                color = "white" if matrix[i, j] > 0.6 else "black"
+                text = f"{matrix[i, j] * 100:.0f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=5, color=color)
+    ax.set_title(f"{title}\nacc1 {cell.mean * 100:.1f}%", fontsize=8)
+    ax.set_ylabel("true", fontsize=7)
+    ax.set_xlabel("predicted", fontsize=7)
+
+
+def _target_label(key: Key) -> str:
+    return f"{key.target}\n(in-domain)" if key.role == IN_DOMAIN else key.target
+
+
+def _find(cells: Section, group: str, role: str, method: str, shots: int) -> Cell | None:
+    key = _key(cells, group, role)
+    return cells.get(_with(key, method, shots)) if key else None
+
+
+def _key(cells: Section, group: str, role: str) -> Key | None:
+    """A key of ``group`` with ``role`` (any method, any shots), or None."""
+    return next((k for k in cells if k.group == group and k.role == role), None)
+
+
+def _targets(cells: Section, group: str) -> list[Key]:
+    """One key per target of ``group``, in the order the results list them."""
+    seen: dict[str, Key] = {}
+    for k in cells:
+        if k.group == group:
+            seen.setdefault(k.target, k)
+    return list(seen.values())
+
+
+def _with(key: Key, method: str, shots: int) -> Key:
+    return Key(key.protocol, key.dataset, key.group, key.target, key.role, method, shots)

@@ -1,0 +1,143 @@
+"""The user's path: clipadapt adapt -> predict, and the demo built on it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from bench_fakes import ColorBackend, make_domains, make_folder
+
+from clipadapt.adapted import adapt, load_adapted, predict
+from clipadapt.cli import main
+from clipadapt.data import load_dataset
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever a test embeds without naming a cache lands in its own directory."""
+    monkeypatch.setenv("CLIPADAPT_CACHE_DIR", str(tmp_path / "default-cache"))
+
+
+@pytest.fixture
+def backend(monkeypatch) -> ColorBackend:
+    fake = ColorBackend()
+    monkeypatch.setattr("clipadapt.models.create_backend", lambda spec, device="cpu": fake)
+    return fake
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "colors", dict.fromkeys(["blue", "green", "red"], 16))
+
+
+def adapt_args(folder: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "-q", "adapt", "--model", "fake", "--data", str(folder), "--shots", "4",
+        "--method", "tip_adapter", "--views", "2", "--cache-dir", str(out.parent / "cache"),
+        "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def test_adapt_then_predict_writes_one_csv_row_per_image(folder, tmp_path, backend, capsys) -> None:
+    model = tmp_path / "model"
+    assert main(adapt_args(folder, model)) == 0
+    printed = capsys.readouterr().out
+    assert "test split (15 images): zero-shot acc1" in printed and "tip_adapter acc1" in printed
+    config = json.loads((model / "config.json").read_text())
+    info = config["adapted"]
+    assert config["method"] == "tip_adapter" and info["classes"]["class_ids"] == [
+        "blue",
+        "green",
+        "red",
+    ]
+    assert info["model"]["image_fingerprint"] == backend.image_fingerprint
+    assert info["fewshot"] | {"shortfalls": None} == info["fewshot"] | {
+        "shots": 4, "seed": 1, "views": 2, "n_support": 12, "n_val": 12, "shortfalls": None,
+    }  # fmt: skip
+    assert (model / "split.json").is_file() and (model / "state.safetensors").is_file()
+
+    images = [folder / "red" / "000.png", folder / "blue"]
+    assert (
+        main(["-q", "predict", str(model), *map(str, images), "--output", str(tmp_path / "p.csv")])
+        == 0
+    )
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert rows[0]["path"] == str(images[0]) and len(rows) == 1 + 16
+    for row in rows:
+        top = [item.split(":") for item in row["top5"].split(";")]
+        assert len(top) == 3 and top[0] == [row["label"], row["score"]]
+        assert row["label"] in {"blue", "green", "red"} and 0 < float(row["score"]) <= 1
+        assert [float(s) for _, s in top] == sorted((float(s) for _, s in top), reverse=True)
+    assert "17 predictions written to" in capsys.readouterr().out
+    assert main(["-q", "predict", str(model), str(images[0])]) == 0
+    assert capsys.readouterr().out.startswith("path,label,score,top5\n")
+
+    loaded = load_adapted(model)
+    in_memory = adapt(
+        backend,
+        load_dataset(folder),
+        tmp_path / "again",
+        method="tip_adapter",
+        shots=4,
+        views=2,
+        progress=False,
+    )
+    paths = [folder / "green" / f"{i:03d}.png" for i in range(5)]
+    assert predict(loaded, backend, paths, progress=False) == predict(
+        in_memory, backend, paths, progress=False
+    )
+
+
+def test_predict_refuses_a_changed_backend(folder, tmp_path, backend, capsys) -> None:
+    model = tmp_path / "model"
+    assert main(adapt_args(folder, model)) == 0
+    backend.projection.mul_(2)  # "new weights"
+    backend.__dict__.pop("_image_fp")
+    assert main(["predict", str(model), str(folder)]) == 2
+    assert "its weights or preprocessing changed" in capsys.readouterr().err
+
+
+def test_adapt_errors_are_clear(folder, tmp_path, backend, capsys) -> None:
+    assert main(adapt_args(folder, tmp_path / "m", "--shots", "20")) == 2
+    assert "class 'blue' has 11" in capsys.readouterr().err
+    roots = make_domains(tmp_path / "domains")
+    assert main(adapt_args(roots, tmp_path / "m")) == 2
+    assert "holds domains (bright, dark); give one domain's folder" in capsys.readouterr().err
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert main(adapt_args(folder, tmp_path / "busy")) == 2
+    assert "is not a clipadapt model directory" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "busy"), str(folder)]) == 2
+    assert "config.json: not found; is" in capsys.readouterr().err
+
+
+def test_demo_compares_with_zero_shot(tmp_path, backend, monkeypatch, capsys) -> None:
+    data = make_folder(tmp_path / "textile", dict.fromkeys(["blue", "green", "red"], 30))
+    monkeypatch.setattr("clipadapt.demo.DEMO_DATA", str(data))
+    out = tmp_path / "demo"
+    assert main(["-q", "demo", "--output-dir", str(out), "--cache-dir", str(tmp_path / "c")]) == 0
+    printed = capsys.readouterr().out
+    assert "gain over zero-shot:" in printed and f"results written to {out}" in printed
+    result = json.loads((out / "result.json").read_text())
+    assert set(result["metrics"]) == {"zeroshot", "gda"} and result["n_test"] == 27
+    gain = result["metrics"]["gda"]["acc1"] - result["metrics"]["zeroshot"]["acc1"]
+    assert result["gain_acc1"] == pytest.approx(gain)
+    rows = list(csv.DictReader(io.StringIO((out / "predictions.csv").read_text())))
+    assert len(rows) == 27
+    assert sum(r["label"] == Path(r["path"]).parent.name for r in rows) / 27 == pytest.approx(
+        result["metrics"]["gda"]["acc1"]
+    )
+
+
+def test_a_prompt_learner_predicts_after_loading(tmp_path, tiny_open_clip_dir, capsys) -> None:
+    folder = make_folder(tmp_path / "colors", dict.fromkeys(["blue", "green", "red"], 8))
+    model, spec = tmp_path / "model", f"local-dir:{tiny_open_clip_dir}"
+    args = ["-q", "adapt", "--model", spec, "--data", str(folder), "--shots", "2"]
+    assert main([*args, "--method", "cocoop", "--views", "1", "--out", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["-q", "predict", str(model), str(folder / "red")]) == 0  # needs the text tower
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 8 and all(r["label"] in {"blue", "green", "red"} for r in rows)
