@@ -104,7 +104,11 @@ def main() -> None:
     }
     atomic_write_json(OUT, result)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
-    for key in ("tower_alone_images_per_s", "pipeline_from_jpeg_images_per_s", "ratio_pipeline_over_tower"):
+    for key in (
+        "tower_alone_images_per_s",
+        "pipeline_from_jpeg_images_per_s",
+        "ratio_pipeline_over_tower",
+    ):
         print(f"{key}: median {result[key]['median']:.3f}")
     print("warm cache:", result["warm_cache"])
 
