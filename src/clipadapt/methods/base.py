@@ -111,6 +111,11 @@ class Method:
         (base-to-novel); only methods with ``supports_new_classes`` implement it."""
         raise NotImplementedError(f"{self.name} cannot score classes it was not fitted on")
 
+    def attach(self, backend: Backend) -> Self:
+        """Give a loaded method the backend it runs towers with when predicting (prompt
+        learners); a no-op for methods that read cached features only."""
+        return self
+
     def feature_backend(self, backend: Backend) -> Backend:
         """The backend whose image features ``predict_logits`` expects: ``backend`` itself,
         unless the method adapted the image side (then a wrapper with its own fingerprint)."""
@@ -137,18 +142,13 @@ class Method:
         """Write ``config.json`` and ``state.safetensors`` atomically into ``directory``."""
         if not self.is_fitted:
             raise NotFittedError(f"{self.name}: nothing to save, call fit() first")
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
         config = {
-            "format_version": FORMAT_VERSION,
             "method": self.name,
             "hyperparameters": self.hyperparameters(),
             "selected": self.selected,
             **(extra_config or {}),
         }
-        atomic_write(out / "state.safetensors", lambda p: save_file(self._state, str(p)))
-        atomic_write_json(out / "config.json", config)
-        return out
+        return write_saved(directory, config, self._state)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Self:
@@ -160,8 +160,24 @@ class Method:
             )
         method = cls(**config["hyperparameters"])
         method.selected = config.get("selected", {})
-        method._state = load_file(str(path / "state.safetensors"))
+        method._state = read_state(path)
         return method
+
+
+def write_saved(
+    directory: str | os.PathLike[str], config: dict[str, Any], state: dict[str, torch.Tensor]
+) -> Path:
+    """Write ``config.json`` (with ``format_version``) and ``state.safetensors`` atomically."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "state.safetensors", lambda p: save_file(state, str(p)))
+    atomic_write_json(out / "config.json", {"format_version": FORMAT_VERSION, **config})
+    return out
+
+
+def read_state(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors ``write_saved`` stored in ``directory``."""
+    return load_file(str(directory / "state.safetensors"))
 
 
 def read_config(directory: Path) -> dict[str, Any]:

@@ -17,10 +17,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from clipadapt.atomic import atomic_write, atomic_write_json
-from clipadapt.methods.base import FORMAT_VERSION, DataKind, FitData, NotFittedError, read_config
+from clipadapt.methods.base import (
+    DataKind,
+    FitData,
+    NotFittedError,
+    read_config,
+    read_state,
+    write_saved,
+)
 
 TextEncoder = Callable[[list[str]], torch.Tensor]
 """Texts -> L2-normalised embeddings (N, D), e.g. ``backend.encode_texts``."""
@@ -119,14 +124,11 @@ class Detector:
         out.mkdir(parents=True, exist_ok=True)
         self._save_extra(out)
         config = {
-            "format_version": FORMAT_VERSION,
             "detector": self.name,
             "hyperparameters": self.hyperparameters(),
             "info": self.info,
         }
-        atomic_write(out / "state.safetensors", lambda p: save_file(self._state, str(p)))
-        atomic_write_json(out / "config.json", config)
-        return out
+        return write_saved(out, config, self._state)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Self:
@@ -139,7 +141,7 @@ class Detector:
             )
         detector = cls(**config["hyperparameters"])
         detector.info = config.get("info", {})
-        detector._state = load_file(str(path / "state.safetensors"))
+        detector._state = read_state(path)
         detector._load_extra(path)
         detector._fitted = True
         return detector
