@@ -95,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="held out to score the model and zero-shot (0: fit may draw from every image)",
     )
     p.add_argument("--on-too-few", choices=["error", "use_all"], default="error")
+    p.add_argument(
+        "--ood-score",
+        default="knn",
+        help="OOD score whose 'unknown' threshold is calibrated on the few-shot validation set "
+        "and saved with the model (default: knn, k-nearest-neighbour distance to the support "
+        "features; see clipadapt.ood.DETECTORS)",
+    )
+    p.add_argument(
+        "--no-ood", action="store_true", help="save no 'unknown' threshold (closed-set only)"
+    )
     p.add_argument("--out", type=Path, required=True, help="the model directory to write")
     p.set_defaults(func=cmd_adapt)
 
@@ -125,7 +135,16 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML file with the same keys as these flags")
     p.add_argument("--model", help="model spec (default: lite)")
     p.add_argument("--data", help="domain-folders root, image folder, .csv or builtin:<name>")
-    p.add_argument("--protocol", choices=list(PROTOCOLS), help="default: single_source")
+    p.add_argument(
+        "--protocol",
+        help=f"one or more (comma-separated) of {', '.join(PROTOCOLS)} (default: single_source)",
+    )
+    p.add_argument("--known-classes", type=int, help="known classes of near_ood/open_set_dg")
+    p.add_argument("--ood-data", help="far_ood: comma-separated OOD dataset folders")
+    p.add_argument("--detectors", help="comma-separated OOD scores (default: all)")
+    p.add_argument(
+        "--accept", type=float, help="validation share an OOD threshold accepts (default: 0.95)"
+    )
     p.add_argument("--methods", help="comma-separated method names (default: all)")
     p.add_argument("--shots", help="comma-separated shot counts (default: 1,2,4,8,16)")
     p.add_argument("--seeds", help="comma-separated seeds (default: 1,2,3)")
@@ -315,6 +334,7 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         cache=_cache(args),
         skip_bad=args.skip_bad,
         progress=not args.quiet,
+        ood_score=None if args.no_ood else args.ood_score,
     )
     print(format_adapted(adapted))
     print(f"model saved to {args.out}; label images with: clipadapt predict {args.out} <images>")
@@ -418,13 +438,22 @@ def format_adapted(adapted) -> str:
         f"{fewshot['views']} augmented views), fitted in {info['fit_seconds'] * 1000:.0f} ms"
     )
     evaluation = info["evaluation"]
+    if adapted.open_set is not None:
+        o = adapted.open_set
+        head += (
+            f"\nunknown threshold: {o.detector.name} score > {o.threshold:.4g} "
+            f"(accepts {o.accept:.0%} of the few-shot validation set)"
+        )
     if evaluation is None:
         return head + "; no test split held out (--test-fraction 0), so no accuracy to report"
     zs, ours = evaluation["zeroshot"]["acc1"], evaluation[name]["acc1"]
-    return (
+    text = (
         f"{head}\ntest split ({evaluation['n']} images): zero-shot acc1 {zs:.4f}, "
         f"{name} acc1 {ours:.4f} ({(ours - zs) * 100:+.1f} points)"
     )
+    if "known_accepted" in evaluation:
+        text += f"; {evaluation['known_accepted']:.1%} of them accepted as known"
+    return text
 
 
 def format_demo(result: dict[str, Any]) -> str:

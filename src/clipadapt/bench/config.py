@@ -27,7 +27,14 @@ PROTOCOLS: dict[str, str] = {
     "single_source": "few-shot on one domain, tested on its test split and on every other domain",
     "lodo": "few-shot on all domains but one (K per class from each), tested on the one left out",
     "base_to_novel": "fit on the first half of the classes (by class id), tested on base and novel",
+    "near_ood": "fit on the known classes of a domain; its test split's unknown classes are OOD",
+    "open_set_dg": "fit on the known classes of a domain; known vs unknown on every other domain",
+    "far_ood": "fit on every class of a domain; the datasets in ood_data are OOD",
 }
+OOD_PROTOCOLS = ("near_ood", "open_set_dg", "far_ood")
+DEFAULT_KNOWN_CLASSES = 4
+"""Known classes of the class hold-out protocols (the first N by sorted class id): 4 of 7
+for PACS (dog, elephant, giraffe, guitar known; horse, house, person unknown)."""
 ON_TOO_FEW = ("error", "use_all")
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
@@ -58,15 +65,30 @@ class BenchConfig:
     device: str = "cpu"
     cache_dir: Path | None = None
     skip_bad: bool = False
+    # OOD / open-set protocols only
+    known_classes: int = DEFAULT_KNOWN_CLASSES
+    ood_data: dict[str, str] = field(default_factory=dict)  # far_ood: {name: path}
+    detectors: tuple[str, ...] = ()  # () = every registered detector
+    accept: float = 0.95  # validation share a calibrated threshold accepts
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        self.protocol = ",".join(str(p) for p in _as_list("protocol", self.protocol))
         self.methods = _methods(self.methods)
         self.shots = _positive_ints("shots", self.shots, minimum=1)
         self.seeds = _positive_ints("seeds", self.seeds, minimum=0)
         self.sources = tuple(str(s) for s in _as_list("sources", self.sources))
-        if self.protocol not in PROTOCOLS:
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown or not self.protocols:
             raise ValueError(f"protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
+        self.ood_data = _ood_data(self.ood_data)
+        if "far_ood" in self.protocols and not self.ood_data:
+            raise ValueError("protocol far_ood needs ood_data: {name: dataset path, ...}")
+        self.detectors = tuple(str(d) for d in _as_list("detectors", self.detectors))
+        if not isinstance(self.known_classes, int) or self.known_classes < 1:
+            raise ValueError(f"known_classes must be a positive integer, got {self.known_classes}")
+        if not 0 < float(self.accept) <= 1:
+            raise ValueError(f"accept must be in (0, 1], got {self.accept}")
         if self.on_too_few not in ON_TOO_FEW:
             raise ValueError(f"on_too_few {self.on_too_few!r}: use one of {', '.join(ON_TOO_FEW)}")
         if not isinstance(self.views, int) or self.views < 0:
@@ -74,6 +96,11 @@ class BenchConfig:
         for name in ("classnames", "cache_dir"):
             if getattr(self, name) is not None:
                 setattr(self, name, Path(getattr(self, name)))
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        """The protocols run (``protocol`` may list several, comma-separated)."""
+        return tuple(p for p in self.protocol.split(",") if p)
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], where: str = "config") -> BenchConfig:
@@ -103,6 +130,12 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         value = values.get(key)
         if isinstance(value, str) and not value.startswith("builtin:"):
             values[key] = str((path.parent / value).resolve())
+    ood = values.get("ood_data")
+    if isinstance(ood, dict):
+        values["ood_data"] = {k: str((path.parent / str(v)).resolve()) for k, v in ood.items()}
+    elif isinstance(ood, list | str):
+        paths = _as_list("ood_data", ood)
+        values["ood_data"] = [str((path.parent / str(v)).resolve()) for v in paths]
     return values
 
 
@@ -134,3 +167,12 @@ def _methods(value: Any) -> dict[str, dict[str, Any]]:
     if isinstance(value, dict):
         return {str(k): dict(v or {}) for k, v in value.items()}
     return {str(name): {} for name in _as_list("methods", value)}
+
+
+def _ood_data(value: Any) -> dict[str, str]:
+    """Far-OOD datasets as ``{name: path}``; a list names each by its folder."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    return {Path(str(v)).name: str(v) for v in _as_list("ood_data", value)}

@@ -24,9 +24,9 @@ from clipadapt.bench.protocols import IN_DOMAIN
 Section = dict[Key, Cell]  # the cells of one (protocol, dataset)
 
 
-def png_bytes(figure: Figure) -> bytes:
+def png_bytes(figure: Figure, dpi: int = 110) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     return buffer.getvalue()
 
 

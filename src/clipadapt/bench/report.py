@@ -31,7 +31,18 @@ from clipadapt.bench.aggregate import (
     ordered,
     source_label,
 )
+from clipadapt.bench.ood import OPEN_SET_TASK
+from clipadapt.bench.ood_report import CSV_COLUMNS as OOD_CSV_COLUMNS
+from clipadapt.bench.ood_report import (
+    OodSection,
+    make_ood_sections,
+    ood_csv_rows,
+    ood_figures,
+    ood_results,
+    ood_tables,
+)
 from clipadapt.bench.protocols import BASE, HELD_OUT, HM, IN_DOMAIN, NOVEL, OTHERS_MEAN
+from clipadapt.bench.results import find_results
 from clipadapt.methods import METHODS
 
 SHORT_ROLE = {
@@ -43,6 +54,14 @@ SHORT_ROLE = {
     HM: "HM",
 }
 RANKING_ROLE = {"base_to_novel": HM}
+OOD_NOTE = (
+    "Results of the near_ood / open_set_dg / far_ood protocols (clipadapt.bench.ood): "
+    "percent, mean ± sample std over seeds; higher score = more OOD; every threshold is "
+    "calibrated on the few-shot validation set only (accepting 95% of it by default), never on "
+    "test data. Figures: for every method, the histograms of every detector and their ROC "
+    "curves at the largest shot count and the first seed (a fixed choice, not picked by "
+    "results), scores pooled over the targets."
+)
 CSV_COLUMNS = (
     "protocol",
     "dataset",
@@ -106,20 +125,28 @@ def write_report(results_dir: str | Path, out: str | Path) -> dict[str, Path]:
     """Aggregate every result under ``results_dir`` and write the CSV, Markdown and HTML."""
     results = load_results(results_dir)
     out = Path(out)
-    sections = make_sections(aggregate(results))
+    open_set = make_ood_sections(ood_results(find_results(results_dir), results))
+    classification = [r for r in results if r["task"] != OPEN_SET_TASK]
+    sections = make_sections(aggregate(classification))
     figures = {name: plots.png_bytes(fig) for name, fig in make_figures(sections)}
+    for section in open_set:  # many panels per figure: a lower resolution keeps them small
+        figures |= {name: plots.png_bytes(fig, dpi=72) for name, fig in ood_figures(section)}
     for name, data in figures.items():
         atomic_write(out / "figures" / name, lambda p, d=data: p.write_bytes(d))
     for stale in (out / "figures").glob("*.png"):  # from an earlier report of other results
         if stale.name not in figures:
             stale.unlink()
-    written = {
-        "csv": atomic_write_text(out / "table.csv", render_csv(sections)),
-        "markdown": atomic_write_text(out / "table.md", render_markdown(sections, results)),
-        "html": atomic_write_text(
-            out / "report.html", render_html(sections, results, figures, results_dir)
-        ),
-    }
+    written = {}
+    if sections or not open_set:
+        written["csv"] = atomic_write_text(out / "table.csv", render_csv(sections))
+    if open_set:
+        written["ood_csv"] = atomic_write_text(out / "ood_table.csv", render_ood_csv(open_set))
+    written["markdown"] = atomic_write_text(
+        out / "table.md", render_markdown(sections, results, open_set)
+    )
+    written["html"] = atomic_write_text(
+        out / "report.html", render_html(sections, results, figures, results_dir, open_set)
+    )
     return written
 
 
@@ -257,11 +284,29 @@ def render_csv(sections: list[Section]) -> str:
     return buffer.getvalue()
 
 
-def render_markdown(sections: list[Section], results: list[dict[str, Any]]) -> str:
+def render_ood_csv(sections: list[OodSection]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, OOD_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(ood_csv_rows(sections))
+    return buffer.getvalue()
+
+
+def render_markdown(
+    sections: list[Section],
+    results: list[dict[str, Any]],
+    open_set: list[OodSection] = (),
+) -> str:
     lines = ["# clipadapt benchmark report", "", *_provenance(results), ""]
     for section in sections:
         lines += [f"## {section.title}", ""]
         for table in section_tables(section):
+            lines += [f"**{table.title}**", "", _md_table(table), ""]
+    if open_set:
+        lines += ["# OOD and open-set rejection", "", OOD_NOTE, ""]
+    for section in open_set:
+        lines += [f"## {section.title}", ""]
+        for table in ood_tables(section):
             lines += [f"**{table.title}**", "", _md_table(table), ""]
     return "\n".join(lines)
 
@@ -344,6 +389,7 @@ def render_html(
     results: list[dict[str, Any]],
     figures: dict[str, bytes],
     results_dir: str | Path,
+    open_set: list[OodSection] = (),
 ) -> str:
     esc = html.escape
     parts = [
@@ -366,6 +412,19 @@ def render_html(
                 )
         for table in section_tables(section):
             parts.append(f"<h3>{esc(table.title)}</h3>{_html_table(table)}")
+    if open_set:
+        parts += ["<h1>OOD and open-set rejection</h1>", f"<p>{esc(OOD_NOTE)}</p>"]
+    for section in open_set:
+        parts.append(f"<h2>{esc(section.title)}</h2>")
+        for table in ood_tables(section):
+            parts.append(f"<h3>{esc(table.title)}</h3>{_html_table(table)}")
+        for name, data in figures.items():
+            if name.startswith(section.stem + "_"):
+                encoded = base64.b64encode(data).decode()
+                parts.append(
+                    f"<figure><img alt='{esc(name)}' src='data:image/png;base64,{encoded}'>"
+                    f"<figcaption>{esc(name)}</figcaption></figure>"
+                )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

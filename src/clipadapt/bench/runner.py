@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from clipadapt.bench.config import BenchConfig
+from clipadapt.bench.config import OOD_PROTOCOLS, BenchConfig
 from clipadapt.bench.featurebank import FeatureBank
 from clipadapt.bench.fitting import (
     FewShotData,
@@ -37,6 +37,7 @@ from clipadapt.bench.fitting import (
     unlabeled_indices,
     views_given,
 )
+from clipadapt.bench.ood import OodPlan, OodRun, execute_ood, plan_runs
 from clipadapt.bench.protocols import (
     BASE,
     HELD_OUT,
@@ -126,7 +127,13 @@ def run_bench(
     methods = _methods(config, registry)
     loaded = load_dataset(config.data, classnames_file=config.classnames, skip_bad=config.skip_bad)
     collection, domains = as_domains(loaded)
-    plan = settings(config.protocol, collection, domains, config.sources)
+    chosen = [p for p in config.protocols if p not in OOD_PROTOCOLS]
+    plan = [s for p in chosen for s in settings(p, collection, domains, config.sources)]
+    ood_plan = (
+        OodPlan(config, collection, domains)
+        if any(p in OOD_PROTOCOLS for p in config.protocols)
+        else None
+    )
     splits = Splits(
         domains,
         config.out / "splits" / collection,
@@ -144,12 +151,26 @@ def run_bench(
     context = _Context(config, backend, domains, splits, prompts.templates, methods)
     summary = BenchSummary(config.out)
     pending = _pending(context, plan, summary, overwrite)
+    ood_pending = _ood_pending(ood_plan, context, summary, overwrite) if ood_plan else []
+    summary.planned = len(pending) + len(ood_pending) + len(summary.skipped)
     cache = FeatureCache(config.cache_dir)
     bank = FeatureBank(backend, cache, skip_bad=config.skip_bad, progress=progress)
     _prefetch(bank, context, pending)
     if not prepare_only and pending:
         text = class_embeddings(backend, context.classnames, prompts)
         _execute(context, bank, text, pending, summary, progress)
+    if ood_pending:
+        summary.ran += execute_ood(
+            ood_plan,
+            ood_pending,
+            methods,
+            backend,
+            cache,
+            prompts,
+            list(prompts.templates),
+            progress=progress,
+            prepare_only=prepare_only,
+        )
     summary.wall_seconds = time.perf_counter() - start
     return summary
 
@@ -171,6 +192,23 @@ def _pending(
                     else:
                         pending.append((run, run_config))
     summary.planned = len(pending) + len(summary.skipped)
+    return pending
+
+
+def _ood_pending(
+    plan: OodPlan, context: _Context, summary: BenchSummary, overwrite: bool
+) -> list[tuple[OodRun, dict[str, Any]]]:
+    """The OOD protocol runs without a finished result (those with one are skipped)."""
+    pending = []
+    for run in plan_runs(plan, context.methods):
+        run_config = plan.run_config(
+            run, context.methods[run.method], context.backend, list(context.templates)
+        )
+        path = context.config.out / run.relpath
+        if path.is_file() and not overwrite and _finished(path, run_config):
+            summary.skipped.append(path)
+        else:
+            pending.append((run, run_config))
     return pending
 
 
