@@ -43,7 +43,7 @@ def adapt_args(folder: Path, out: Path, *extra: str) -> list[str]:
 
 def test_adapt_then_predict_writes_one_csv_row_per_image(folder, tmp_path, backend, capsys) -> None:
     model = tmp_path / "model"
-    assert main(adapt_args(folder, model)) == 0
+    assert main(adapt_args(folder, model, "--no-ood")) == 0  # closed-set: no "unknown"
     printed = capsys.readouterr().out
     assert "test split (15 images): zero-shot acc1" in printed and "tip_adapter acc1" in printed
     config = json.loads((model / "config.json").read_text())
@@ -84,11 +84,47 @@ def test_adapt_then_predict_writes_one_csv_row_per_image(folder, tmp_path, backe
         shots=4,
         views=2,
         progress=False,
+        ood_score=None,
     )
     paths = [folder / "green" / f"{i:03d}.png" for i in range(5)]
     assert predict(loaded, backend, paths, progress=False) == predict(
         in_memory, backend, paths, progress=False
     )
+
+
+def test_adapt_calibrates_unknown_and_predict_rejects_unseen_classes(
+    tmp_path, backend, capsys
+) -> None:
+    folder = make_folder(tmp_path / "colors", dict.fromkeys(["blue", "green", "red"], 24))
+    unseen = make_folder(tmp_path / "unseen", {"gold": 20}, seed=9)
+    model = tmp_path / "model"
+    assert main(adapt_args(folder, model, "--shots", "8")) == 0  # default score: knn
+    printed = capsys.readouterr().out
+    assert "unknown threshold: knn score >" in printed and "accepted as known" in printed
+    config = json.loads((model / "config.json").read_text())
+    assert config["open_set"]["detector"] == "knn"
+    assert config["open_set"]["calibrated_on"] == "few-shot validation set"
+    assert (model / "ood" / "config.json").is_file()
+    out = tmp_path / "p.csv"
+    images = [str(unseen / "gold"), str(folder / "red"), str(folder / "blue")]
+    assert main(["-q", "predict", str(model), *images, "--output", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["path", "label", "score", "top5", "ood_score"]
+    gold = [r for r in rows if "/gold/" in r["path"]]
+    known = [r for r in rows if "/gold/" not in r["path"]]
+    assert sum(r["label"] == "unknown" for r in gold) >= 0.8 * len(gold)
+    kept = sum(r["label"] == Path(r["path"]).parent.name for r in known)
+    assert kept >= 0.75 * len(known)
+    loaded = load_adapted(model)
+    assert loaded.open_set is not None and loaded.open_set.detector.name == "knn"
+    for r in rows:
+        assert (r["label"] == "unknown") == (float(r["ood_score"]) > loaded.open_set.threshold)
+
+    other = tmp_path / "model2"
+    assert main(adapt_args(folder, other, "--ood-score", "msp")) == 0
+    assert json.loads((other / "config.json").read_text())["open_set"]["detector"] == "msp"
+    assert main(adapt_args(folder, tmp_path / "m3", "--ood-score", "nope")) == 2
+    assert "unknown OOD score 'nope'" in capsys.readouterr().err
 
 
 def test_predict_refuses_a_changed_backend(folder, tmp_path, backend, capsys) -> None:
@@ -140,4 +176,4 @@ def test_a_prompt_learner_predicts_after_loading(tmp_path, tiny_open_clip_dir, c
     capsys.readouterr()
     assert main(["-q", "predict", str(model), str(folder / "red")]) == 0  # needs the text tower
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert len(rows) == 8 and all(r["label"] in {"blue", "green", "red"} for r in rows)
+    assert len(rows) == 8 and all(r["label"] in {"blue", "green", "red", "unknown"} for r in rows)

@@ -44,7 +44,16 @@ def run_demo(
     backend = create_backend(DEMO_MODEL)
     dataset = load_dataset(DEMO_DATA)
     model_dir = output_dir / "model"
-    adapt(backend, dataset, model_dir, method=method, shots=shots, cache=cache, progress=progress)
+    adapt(
+        backend,
+        dataset,
+        model_dir,
+        method=method,
+        shots=shots,
+        cache=cache,
+        progress=progress,
+        ood_score=None,  # the demo compares closed-set accuracy with zero-shot
+    )
     adapted = load_adapted(model_dir)  # predict through the saved model, as a user would
     check_backend(adapted, backend, model_dir)
     test = load_split(model_dir / SPLIT_FILE, dataset).test
