@@ -148,7 +148,12 @@ def _encode_missing(
         pending.append((i, pool.submit(load, i)))
         if len(pending) >= window:
             break
-    bar = tqdm(total=len(todo), desc=f"embed {backend.info.spec}", unit="img", disable=not progress)
+    bar = tqdm(
+        total=len(todo),
+        desc=f"embed {backend.info.spec}",
+        unit="img",
+        disable=not (progress and todo),
+    )
     batch_ids: list[int] = []
     batch: list[torch.Tensor] = []
     while pending:
