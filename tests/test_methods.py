@@ -77,6 +77,7 @@ def test_registry_lists_all_methods_under_their_names() -> None:
         "kgcoop",
         "cocoop",
         "lora_text",
+        "lora_image",
         "visual_prompt",
         "prompt_distill",
         "coop_unsupervised",

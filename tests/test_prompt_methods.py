@@ -154,6 +154,7 @@ def test_chunked_backward_gives_the_same_gradient(open_clip_backend) -> None:
         ("kgcoop", {}),
         ("cocoop", {}),
         ("lora_text", {}),
+        ("lora_image", {"views": 1}),
         ("visual_prompt", {"size": 4}),
         ("coop_unsupervised", {"per_class": 2}),
         ("coop_unsupervised", {"objective": "entropy"}),
@@ -183,6 +184,7 @@ RESUMED = {
     "coop": {},
     "cocoop": {},
     "lora_text": {},
+    "lora_image": {"views": 1},
     "visual_prompt": {"size": 4},
     "maple": {"depth": 2, "gpa_mean": 2.0, "gpa_std": 1.0},
 }
@@ -209,7 +211,7 @@ def test_resumed_training_equals_uninterrupted_training(
     assert len(resumed.epoch_seconds) == 2  # epochs 2 and 3 only
     # PEFT's LoRA on nn.MultiheadAttention merges and unmerges the update at every forward,
     # which leaves float rounding in the copied weights: equal up to that rounding
-    atol = 1e-6 if name == "lora_text" else 0.0
+    atol = 1e-6 if name.startswith("lora_") else 0.0
     for key in whole._state:
         assert torch.allclose(whole.state(key), resumed.state(key), rtol=0, atol=atol), key
 
@@ -465,3 +467,79 @@ def test_lite_text_access_matches_its_encoder() -> None:
                 support_paths=["a", "b", "c"],
             )
         )
+
+
+# -- LoRA on the image tower ----------------------------------------------------------------
+@pytest.mark.parametrize("which", ["open_clip_backend", "hf_backend"])
+def test_image_lora_trains_only_adapters_and_changes_the_image_features(
+    which, images, request, tmp_path
+) -> None:
+    backend = request.getfixturevalue(which)
+    data = fit_data(backend, images, views=0)
+    plain = extract_features(backend, images, progress=False).features
+    image_fp, text_fp = backend.image_fingerprint, backend.text_fingerprint
+    method = create_method("lora_image", epochs=2, lr=1e-2, views=1).fit(data)
+    # the backend itself is untouched
+    del backend._image_fp, backend._text_fp
+    assert (backend.image_fingerprint, backend.text_fingerprint) == (image_fp, text_fp)
+    lora = [k for k in method._state if k.startswith("lora.")]
+    assert lora and all("lora_A" in k or "lora_B" in k for k in lora)
+    assert any(method.state(k).abs().sum() > 0 for k in lora if "lora_B" in k)
+    assert torch.equal(extract_features(backend, images, progress=False).features, plain)
+    # evaluation features go through the adapted tower, under their own fingerprint
+    adapted = method.feature_backend(backend)
+    assert adapted.image_fingerprint != image_fp
+    assert adapted.text_fingerprint == text_fp
+    features = extract_features(adapted, images, progress=False).features
+    assert not torch.allclose(features, plain, atol=1e-4)
+    # save/load and the adapter on its own give identical features and logits
+    loaded = load_method(method.save(tmp_path / "saved"))
+    again = loaded.feature_backend(backend)
+    assert again.image_fingerprint == adapted.image_fingerprint
+    assert torch.equal(extract_features(again, images, progress=False).features, features)
+    assert torch.equal(loaded.predict_logits(features), method.predict_logits(features))
+    out = method.save_adapter(tmp_path / "adapter")
+    alone = type(method).from_adapter(out, backend, NAMES, data.class_embeddings)
+    assert alone.feature_backend(backend).image_fingerprint == adapted.image_fingerprint
+    assert torch.equal(alone.predict_logits(features), method.predict_logits(features))
+
+
+def test_image_lora_gradients_reach_only_the_adapters(open_clip_backend) -> None:
+    method = create_method("lora_image")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        adapted, module, targets = method._adapted(open_clip_backend)
+    assert targets == ["attn"]
+    for name, param in module.named_parameters():
+        if "lora_B" in name:
+            with torch.no_grad():
+                param.normal_()  # a non-zero update, so every adapter tensor gets a gradient
+    pixels = torch.randn(2, 3, 32, 32)
+    before = open_clip_backend.encode_images(pixels)
+    adapted.encode_image_batch(pixels).square().sum().backward()
+    grads = {n for n, p in adapted.model.named_parameters() if p.grad is not None}
+    assert grads and all("lora_" in n for n in grads)
+    assert {n for n, p in module.named_parameters() if p.requires_grad} <= {
+        n.removeprefix("visual.") for n in grads
+    }
+    assert all(p.grad is None for p in open_clip_backend.model.parameters())
+    assert not torch.allclose(adapted.encode_images(pixels), before, atol=1e-4)
+    assert torch.equal(open_clip_backend.encode_images(pixels), before)
+
+
+def test_image_lora_names_the_tower_on_a_cnn(open_clip_backend) -> None:
+    class Fake:
+        info = open_clip_backend.info
+        image_tower = torch.nn.Conv2d(3, 4, 3)
+
+    data = FitData(
+        class_embeddings=torch.eye(3, 16),
+        logit_scale=10.0,
+        classnames=NAMES,
+        support_features=torch.eye(3, 16),
+        support_labels=torch.arange(3),
+        backend=Fake(),
+        support_paths=["a", "b", "c"],
+    )
+    with pytest.raises(ValueError, match=r"lora_image puts LoRA into .* has a CNN \(Conv2d\)"):
+        create_method("lora_image").fit(data)

@@ -227,8 +227,14 @@ def promptable_text(backend: Backend) -> PromptableText:
     )
 
 
-def vit_image_tower(backend: Backend, method: str) -> nn.Module:
-    """The open_clip ``VisionTransformer`` of ``backend``, or an error naming ``method``."""
+def vit_image_tower(
+    backend: Backend,
+    method: str,
+    purpose: str = "inserts prompts into",
+    alternative: str = "an open_clip ViT model",
+) -> nn.Module:
+    """The open_clip ``VisionTransformer`` of ``backend``, or an error naming ``method``
+    (which ``purpose`` a ViT image tower; ``alternative`` models it supports)."""
     from open_clip.transformer import VisionTransformer
 
     visual = getattr(getattr(backend, "model", None), "visual", None)
@@ -240,8 +246,8 @@ def vit_image_tower(backend: Backend, method: str) -> nn.Module:
         else:
             tower = "no open_clip image tower"
         raise ValueError(
-            f"{method} inserts prompts into a ViT image tower, but {backend.info.spec} has "
-            f"{tower}; use an open_clip ViT model, or pixel-space visual prompts "
+            f"{method} {purpose} a ViT image tower, but {backend.info.spec} has "
+            f"{tower}; use {alternative}, or pixel-space visual prompts "
             "('visual_prompt'), which work on any tower"
         )
     return visual

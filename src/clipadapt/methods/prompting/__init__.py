@@ -3,7 +3,7 @@
 from clipadapt.methods.prompting.base import TowerMethod
 from clipadapt.methods.prompting.coop import CoCoOp, CoOp, KgCoOp
 from clipadapt.methods.prompting.deep import IVLP, DeepPromptedBackend, MaPLe
-from clipadapt.methods.prompting.lora import TextLoRA
+from clipadapt.methods.prompting.lora import ImageLoRA, LoRAImageBackend, TextLoRA
 from clipadapt.methods.prompting.unlabeled import PromptDistill, UnsupervisedCoOp
 from clipadapt.methods.prompting.visual import PromptedImageBackend, VisualPrompt
 
@@ -12,7 +12,9 @@ __all__ = [
     "CoCoOp",
     "CoOp",
     "DeepPromptedBackend",
+    "ImageLoRA",
     "KgCoOp",
+    "LoRAImageBackend",
     "MaPLe",
     "PromptDistill",
     "PromptedImageBackend",

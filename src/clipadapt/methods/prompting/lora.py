@@ -1,32 +1,48 @@
-"""LoRA on the text tower's attention projections, through the PEFT library.
+"""LoRA on a tower's attention projections, through the PEFT library.
 
 CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024, arXiv:2405.18541): low-rank updates
 ``W + (alpha / r) B A`` on the query, key and value projections of every layer, rank 2,
-alpha 1, dropout 0.25, trained with cross-entropy against the frozen image features for the
-hand-made prompt "a photo of a {}.". Here only the text tower is adapted, so training reads
-cached image features. The backend is never modified: LoRA goes into a copy of it.
+alpha 1, dropout 0.25, trained with cross-entropy. ``lora_text`` adapts the text tower
+against the frozen (cached) image features for the hand-made prompt "a photo of a {}.";
+``lora_image`` adapts the image tower of a ViT (open_clip or Hugging Face CLIP), re-encoding
+the support images each step (augmented views, as ``visual_prompt``) against the frozen
+zero-shot class embeddings. The backend is never modified: LoRA goes into a copy of it.
+
+Targets: Hugging Face and the lite text tower have separate q/k/v ``Linear`` layers. open_clip
+uses ``nn.MultiheadAttention`` with one fused ``in_proj_weight``; PEFT's LoRA for it adapts
+the fused q/k/v projection (one rank-r update of the stacked 3d x d matrix, not three) and,
+unavoidably, ``out_proj`` too.
 
 The fitted adapter saves inside the method's state; ``save_adapter`` also writes it on its
 own in PEFT's layout, and ``merged_backend`` gives a backend with the update merged in.
+``lora_image``'s test features come from ``feature_backend(backend)``, a backend that runs
+the adapted image tower and has its own image fingerprint (the plain cache is not reused).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
+from itertools import chain
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from clipadapt.atomic import atomic_write
-from clipadapt.methods.base import FitData
+from clipadapt.methods.base import DataKind, FitData
 from clipadapt.methods.common import check_fit_data, cosine_logits, scale_tensor
 from clipadapt.methods.prompting.base import TowerMethod
-from clipadapt.methods.prompting.images import SupportFeatures, require_backend
+from clipadapt.methods.prompting.images import (
+    SupportFeatures,
+    SupportPixels,
+    require_backend,
+    require_paths,
+)
 from clipadapt.models.base import TEXT_CHUNK, Backend
-from clipadapt.models.prompt_access import PromptableText, promptable_text
+from clipadapt.models.prompt_access import PromptableText, promptable_text, vit_image_tower
 
 PREFIX = "lora."
 TARGETS = {  # attention projections per text tower
@@ -34,9 +50,99 @@ TARGETS = {  # attention projections per text tower
     "HFText": ["q_proj", "k_proj", "v_proj"],
     "OpenClipText": ["attn"],  # nn.MultiheadAttention: PEFT adapts its fused q/k/v projection
 }
+IMAGE_TARGETS = {  # attention projections per image tower
+    "HFClipBackend": ["q_proj", "k_proj", "v_proj"],
+    "OpenClipBackend": ["attn"],  # as OpenClipText: fused q/k/v (and out_proj), see above
+}
 
 
-class TextLoRA(TowerMethod):
+class LoRAMethod(TowerMethod):
+    """What both towers' LoRA share: the recipe's hyperparameters, injecting the adapters
+    into a copy of the backend, loading them back, and the adapter on its own on disk."""
+
+    def __init__(
+        self,
+        rank: int,
+        alpha: float,
+        dropout: float,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        weight_decay: float,
+        image_path: str,
+    ) -> None:
+        super().__init__(epochs, batch_size, lr, weight_decay, image_path)
+        self.rank = int(rank)
+        self.alpha = float(alpha)
+        self.dropout = float(dropout)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            **super().hyperparameters(),
+        }
+
+    def lora_config(self, targets: list[str]):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(targets),
+        )
+
+    @staticmethod
+    def _inject(config, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` with LoRA layers put in; only their weights require gradients."""
+        from peft import inject_adapter_in_model
+
+        module = inject_adapter_in_model(config, module)
+        for name, param in module.named_parameters():
+            param.requires_grad_("lora_" in name)
+        return module
+
+    def _lora_state(self) -> dict[str, torch.Tensor]:
+        return {k.removeprefix(PREFIX): v for k, v in self._state.items() if k.startswith(PREFIX)}
+
+    def _load_lora(self, module: torch.nn.Module) -> torch.nn.Module:
+        weights = self._lora_state()
+        missing = set(weights) - dict(module.named_parameters()).keys()
+        if missing:
+            raise ValueError(f"{self.name}: adapter tensors {sorted(missing)[:3]} do not fit")
+        module.load_state_dict(weights, strict=False)
+        return module.eval()
+
+    def _keep_lora(self, module: torch.nn.Module, targets: list[str]) -> None:
+        module.eval()
+        lora = {PREFIX + n: p for n, p in module.named_parameters() if p.requires_grad}
+        self.set_state(**lora)
+        self.selected["lora_targets"] = list(targets)
+
+    def save_adapter(self, directory: str | Path) -> Path:
+        """Write the adapter alone: PEFT's ``adapter_config.json`` and the LoRA tensors."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.lora_config(self.selected["lora_targets"]).save_pretrained(str(out))
+        tensors = self._lora_state()
+        atomic_write(out / "adapter_model.safetensors", lambda p: save_file(tensors, str(p)))
+        return out
+
+    @staticmethod
+    def _read_adapter(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        import json
+
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config = json.loads((directory / "adapter_config.json").read_text())
+        tensors = load_file(str(directory / "adapter_model.safetensors"))
+        return config, {PREFIX + k: v for k, v in tensors.items()}
+
+
+class TextLoRA(LoRAMethod):
     """CLIP-LoRA's recipe on the text tower (see the module docstring)."""
 
     name = "lora_text"
@@ -53,42 +159,19 @@ class TextLoRA(TowerMethod):
         weight_decay: float = 0.0,
         image_path: str = "cached",
     ) -> None:
-        super().__init__(epochs, batch_size, lr, weight_decay, image_path)
-        self.rank = int(rank)
-        self.alpha = float(alpha)
-        self.dropout = float(dropout)
+        super().__init__(rank, alpha, dropout, epochs, batch_size, lr, weight_decay, image_path)
         self.template = template
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "dropout": self.dropout,
-            "template": self.template,
-            **super().hyperparameters(),
-        }
-
-    def lora_config(self, access: PromptableText):
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=self.rank,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=TARGETS[type(access).__name__],
-        )
+        return _after_recipe(super().hyperparameters(), template=self.template)
 
     def _adapted(self, backend: Backend) -> tuple[PromptableText, torch.nn.Module]:
         """A LoRA-wrapped copy of ``backend``'s text tower (the backend is left untouched)."""
-        from peft import inject_adapter_in_model
-
         adapted = copy.deepcopy(backend)
         adapted.__dict__.pop("_text_fp", None)  # its text weights will differ: hash them anew
         access = promptable_text(adapted)
-        module = inject_adapter_in_model(self.lora_config(access), access.module)
-        for name, param in module.named_parameters():
-            param.requires_grad_("lora_" in name)
-        return access, module
+        config = self.lora_config(TARGETS[type(access).__name__])
+        return access, self._inject(config, access.module)
 
     def fit(self, data: FitData) -> Self:
         check_fit_data(self, data)
@@ -109,11 +192,8 @@ class TextLoRA(TowerMethod):
             return F.cross_entropy(cosine_logits(features(epoch, rows), text, scale), labels[rows])
 
         self._train(data, params, loss)
-        module.eval()
-        lora = {PREFIX + n: p for n, p in module.named_parameters() if p.requires_grad}
+        self._keep_lora(module, TARGETS[type(access).__name__])
         self.set_state(text=_encode(access, self.template, data.classnames), logit_scale=scale)
-        self.set_state(**lora)
-        self.selected["lora_targets"] = TARGETS[type(access).__name__]
         return self
 
     def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -122,14 +202,7 @@ class TextLoRA(TowerMethod):
     def _loaded(self, backend: Backend) -> tuple[PromptableText, torch.nn.Module]:
         self._check_backend(backend)
         access, module = self._adapted(backend)
-        weights = {
-            k.removeprefix(PREFIX): v for k, v in self._state.items() if k.startswith(PREFIX)
-        }
-        missing = set(weights) - dict(module.named_parameters()).keys()
-        if missing:
-            raise ValueError(f"{self.name}: adapter tensors {sorted(missing)[:3]} do not fit")
-        module.load_state_dict(weights, strict=False)
-        return access, module.eval()
+        return access, self._load_lora(module)
 
     def class_embeddings_for(self, backend: Backend, classnames: list[str]) -> torch.Tensor:
         access, _ = self._loaded(backend)
@@ -138,29 +211,8 @@ class TextLoRA(TowerMethod):
     def merged_backend(self, backend: Backend) -> Backend:
         """A copy of ``backend`` whose text tower has the LoRA update merged into its weights."""
         access, module = self._loaded(backend)
-        for layer in module.modules():
-            if hasattr(layer, "lora_A") and not layer.merged:
-                layer.merge()
+        _merge(module)
         return access.backend
-
-    def save_adapter(self, directory: str | Path) -> Path:
-        """Write the adapter alone: PEFT's ``adapter_config.json`` and the LoRA tensors."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        from peft import LoraConfig
-
-        config = LoraConfig(
-            r=self.rank,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=self.selected["lora_targets"],
-        )
-        config.save_pretrained(str(out))
-        tensors = {
-            k.removeprefix(PREFIX): v for k, v in self._state.items() if k.startswith(PREFIX)
-        }
-        atomic_write(out / "adapter_model.safetensors", lambda p: save_file(tensors, str(p)))
-        return out
 
     @classmethod
     def from_adapter(
@@ -168,29 +220,196 @@ class TextLoRA(TowerMethod):
     ) -> TextLoRA:
         """A fitted method from an adapter written by ``save_adapter`` (for ``backend``'s
         text tower), scoring ``classnames``; ``options`` are other hyperparameters."""
-        import json
-
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        config = json.loads((directory / "adapter_config.json").read_text())
+        config, tensors = cls._read_adapter(directory)
         method = cls(
             rank=config["r"],
             alpha=config["lora_alpha"],
             dropout=config["lora_dropout"],
             **options,
         )
-        tensors = load_file(str(directory / "adapter_model.safetensors"))
-        method.set_state(
-            logit_scale=torch.tensor(float(backend.logit_scale)),
-            **{PREFIX + k: v for k, v in tensors.items()},
-        )
+        method.set_state(logit_scale=torch.tensor(float(backend.logit_scale)), **tensors)
         method.selected["lora_targets"] = sorted(config["target_modules"])
         method.text_fingerprint = backend.text_fingerprint
         method.attach(backend)
         method.set_state(text=method.class_embeddings_for(backend, list(classnames)))
         method.classnames = list(classnames)
         return method
+
+
+class LoRAImageBackend(Backend):
+    """``base`` whose images go through ``adapted`` (a copy with a LoRA image tower); its
+    image fingerprint covers ``base``'s image weights and the adapter's tensors."""
+
+    def __init__(self, base: Backend, adapted: Backend, lora: dict[str, torch.Tensor]) -> None:
+        self.base = base
+        self.adapted = adapted
+        self.lora = [lora[k] for k in sorted(lora)]
+        self.info = base.info
+        self.preprocess = base.preprocess
+        self.preprocess_description = base.preprocess_description
+        self.embed_dim = base.embed_dim
+        self.logit_scale = base.logit_scale
+        self.device = base.device
+
+    def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.adapted.encode_image_batch(pixels)
+
+    def encode_text_batch(self, texts: list[str]) -> torch.Tensor:
+        return self.base.encode_text_batch(texts)
+
+    def weight_tensors(self, tower: str) -> Iterable[torch.Tensor]:
+        extra = self.lora if tower == "image" else []
+        return [*self.base.weight_tensors(tower), *extra]
+
+    @property
+    def text_fingerprint(self) -> str:
+        return self.base.text_fingerprint  # texts go through ``base`` unchanged
+
+
+def lora_image_tower(backend: Backend, method: str) -> tuple[torch.nn.Module, list[str]]:
+    """The ViT image tower of ``backend`` and its attention targets, or an error naming
+    ``method`` and the tower (a CNN has no attention projections to adapt)."""
+    from clipadapt.models.hf_backend import HFClipBackend
+
+    if isinstance(backend, HFClipBackend):
+        return backend.model.vision_model, IMAGE_TARGETS["HFClipBackend"]
+    tower = vit_image_tower(
+        backend,
+        method,
+        purpose="puts LoRA into the attention projections of",
+        alternative="an open_clip ViT or Hugging Face CLIP model",
+    )
+    return tower, IMAGE_TARGETS["OpenClipBackend"]
+
+
+class ImageLoRA(LoRAMethod):
+    """CLIP-LoRA's recipe on a ViT image tower (see the module docstring); the support
+    images are re-encoded each step, cycling through the centre and ``views`` augmented
+    views; the class embeddings stay the zero-shot ones."""
+
+    name = "lora_image"
+    reads: ClassVar[frozenset[DataKind]] = frozenset(
+        {DataKind.SUPPORT, DataKind.TOWER, DataKind.SUPPORT_IMAGES}
+    )
+
+    def __init__(
+        self,
+        rank: int = 2,
+        alpha: float = 1.0,
+        dropout: float = 0.25,
+        views: int = 2,
+        epochs: int = 20,
+        batch_size: int = 32,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(rank, alpha, dropout, epochs, batch_size, lr, weight_decay, "reencode")
+        self.views = int(views)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        params = super().hyperparameters()
+        del params["image_path"]  # always re-encodes: the image side is trained
+        return _after_recipe(params, views=self.views)
+
+    def _adapted(self, backend: Backend) -> tuple[Backend, torch.nn.Module, list[str]]:
+        """A copy of ``backend`` with LoRA in its image tower (the backend is left untouched;
+        the copy shares every tensor outside the image tower with it)."""
+        tower, targets = lora_image_tower(backend, self.name)
+        model = getattr(backend, "model", None)
+        own = {id(t) for t in chain(tower.parameters(), tower.buffers())}
+        shared = [] if model is None else chain(model.parameters(), model.buffers())
+        memo = {id(t): t for t in shared if id(t) not in own}
+        adapted = copy.deepcopy(backend, memo)
+        adapted.__dict__.pop("_image_fp", None)
+        module, _ = lora_image_tower(adapted, self.name)
+        return adapted, self._inject(self.lora_config(targets), module), targets
+
+    def fit(self, data: FitData) -> Self:
+        check_fit_data(self, data)
+        backend = require_backend(data, self.name)
+        lora_image_tower(backend, self.name)  # a clear error on a CNN before decoding images
+        pixels = SupportPixels(backend, require_paths(data, self.name), self.views)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(data.seed)  # PEFT draws LoRA's A matrices from the global generator
+            adapted, module, targets = self._adapted(backend)
+        params = [p for p in module.parameters() if p.requires_grad]
+        text, scale = data.class_embeddings, scale_tensor(data)
+        labels = data.support_labels.long()
+        dropouts = [m for n, m in module.named_modules() if n.endswith("lora_dropout")]
+
+        def loss(epoch: int, rows: torch.Tensor) -> torch.Tensor:
+            for layer in dropouts:
+                layer.train()
+            image = adapted.encode_image_batch(pixels.pixels(epoch, rows))
+            image = F.normalize(image.float(), dim=-1).cpu()
+            return F.cross_entropy(cosine_logits(image, text, scale), labels[rows])
+
+        self._train(data, params, loss)
+        self._keep_lora(module, targets)
+        self.set_state(text=text, logit_scale=scale)
+        return self
+
+    def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Scores for features from ``feature_backend(backend)`` (the adapted image tower)."""
+        return cosine_logits(features, self.state("text"), self.state("logit_scale"))
+
+    def transfer_logits(
+        self, features: torch.Tensor, class_embeddings: torch.Tensor, classnames: list[str]
+    ) -> torch.Tensor:
+        """Scores for other classes against their zero-shot embeddings (the text side is not
+        trained); ``features`` come from ``feature_backend`` as for ``predict_logits``."""
+        return cosine_logits(features, class_embeddings, self.state("logit_scale"))
+
+    def merged_backend(self, backend: Backend) -> Backend:
+        """A copy of ``backend`` whose image tower has the LoRA update merged into its weights
+        (sharing the text tower with ``backend``)."""
+        self._check_backend(backend)
+        adapted, module, _ = self._adapted(backend)
+        _merge(self._load_lora(module))
+        return adapted
+
+    def feature_backend(self, backend: Backend) -> Backend:
+        return LoRAImageBackend(backend, self.merged_backend(backend), self._lora_state())
+
+    @classmethod
+    def from_adapter(
+        cls,
+        directory: str | Path,
+        backend: Backend,
+        classnames: list[str],
+        class_embeddings: torch.Tensor,
+        **options: Any,
+    ) -> ImageLoRA:
+        """A fitted method from an adapter written by ``save_adapter`` (for ``backend``'s
+        image tower), scoring ``classnames`` with their zero-shot ``class_embeddings``."""
+        config, tensors = cls._read_adapter(directory)
+        method = cls(
+            rank=config["r"],
+            alpha=config["lora_alpha"],
+            dropout=config["lora_dropout"],
+            **options,
+        )
+        method.set_state(
+            logit_scale=torch.tensor(float(backend.logit_scale)),
+            text=F.normalize(class_embeddings.float(), dim=-1),
+            **tensors,
+        )
+        method.selected["lora_targets"] = sorted(config["target_modules"])
+        method.text_fingerprint = backend.text_fingerprint
+        method.classnames = list(classnames)
+        return method.attach(backend)
+
+
+def _after_recipe(params: dict[str, Any], **own: Any) -> dict[str, Any]:
+    """``params`` with ``own`` placed after rank, alpha and dropout (the saved order)."""
+    recipe = {k: params.pop(k) for k in ("rank", "alpha", "dropout")}
+    return {**recipe, **own, **params}
+
+
+def _merge(module: torch.nn.Module) -> None:
+    for layer in module.modules():
+        if hasattr(layer, "lora_A") and not layer.merged:
+            layer.merge()
 
 
 @torch.no_grad()
