@@ -107,3 +107,19 @@ def cosine_logits(
 def scale_tensor(data: FitData) -> torch.Tensor:
     """``data.logit_scale`` as a float32 scalar tensor, the form methods store and use."""
     return torch.tensor(float(data.logit_scale), dtype=torch.float32)
+
+
+class FixedTextScores:
+    """``predict_logits``/``transfer_logits`` for methods that score image features against
+    text embeddings they keep unchanged (state ``text`` and ``logit_scale``): zero-shot, and
+    image-side adapters whose ``feature_backend`` produces the features."""
+
+    supports_new_classes = True
+
+    def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
+        return cosine_logits(features, self.state("text"), self.state("logit_scale"))
+
+    def transfer_logits(
+        self, features: torch.Tensor, class_embeddings: torch.Tensor, classnames: list[str]
+    ) -> torch.Tensor:
+        return cosine_logits(features, class_embeddings, self.state("logit_scale"))

@@ -33,7 +33,12 @@ from safetensors.torch import save_file
 
 from clipadapt.atomic import atomic_write
 from clipadapt.methods.base import DataKind, FitData
-from clipadapt.methods.common import check_fit_data, cosine_logits, scale_tensor
+from clipadapt.methods.common import (
+    FixedTextScores,
+    check_fit_data,
+    cosine_logits,
+    scale_tensor,
+)
 from clipadapt.methods.prompting.base import TowerMethod
 from clipadapt.methods.prompting.images import (
     SupportFeatures,
@@ -282,7 +287,7 @@ def lora_image_tower(backend: Backend, method: str) -> tuple[torch.nn.Module, li
     return tower, IMAGE_TARGETS["OpenClipBackend"]
 
 
-class ImageLoRA(LoRAMethod):
+class ImageLoRA(FixedTextScores, LoRAMethod):
     """CLIP-LoRA's recipe on a ViT image tower (see the module docstring); the support
     images are re-encoded each step, cycling through the centre and ``views`` augmented
     views; the class embeddings stay the zero-shot ones."""
@@ -348,17 +353,6 @@ class ImageLoRA(LoRAMethod):
         self._keep_lora(module, targets)
         self.set_state(text=text, logit_scale=scale)
         return self
-
-    def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """Scores for features from ``feature_backend(backend)`` (the adapted image tower)."""
-        return cosine_logits(features, self.state("text"), self.state("logit_scale"))
-
-    def transfer_logits(
-        self, features: torch.Tensor, class_embeddings: torch.Tensor, classnames: list[str]
-    ) -> torch.Tensor:
-        """Scores for other classes against their zero-shot embeddings (the text side is not
-        trained); ``features`` come from ``feature_backend`` as for ``predict_logits``."""
-        return cosine_logits(features, class_embeddings, self.state("logit_scale"))
 
     def merged_backend(self, backend: Backend) -> Backend:
         """A copy of ``backend`` whose image tower has the LoRA update merged into its weights

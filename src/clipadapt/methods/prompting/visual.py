@@ -18,7 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from clipadapt.methods.base import DataKind, FitData
-from clipadapt.methods.common import check_fit_data, cosine_logits, scale_tensor
+from clipadapt.methods.common import (
+    FixedTextScores,
+    check_fit_data,
+    cosine_logits,
+    scale_tensor,
+)
 from clipadapt.methods.prompting.base import TowerMethod, frozen
 from clipadapt.methods.prompting.images import SupportPixels, require_backend, require_paths
 from clipadapt.models.base import Backend
@@ -69,7 +74,7 @@ def prompt_mask(kind: str, size: int, height: int, width: int) -> torch.Tensor:
     return mask
 
 
-class VisualPrompt(TowerMethod):
+class VisualPrompt(FixedTextScores, TowerMethod):
     """Pixel-space visual prompt (see the module docstring); ``views`` augmented views."""
 
     name = "visual_prompt"
@@ -116,17 +121,6 @@ class VisualPrompt(TowerMethod):
             self._train(data, [prompt], loss)
         self.set_state(prompt=prompt * mask, text=text, logit_scale=scale)
         return self
-
-    def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """Scores for features from ``feature_backend(backend)`` (images with the prompt)."""
-        return cosine_logits(features, self.state("text"), self.state("logit_scale"))
-
-    def transfer_logits(
-        self, features: torch.Tensor, class_embeddings: torch.Tensor, classnames: list[str]
-    ) -> torch.Tensor:
-        """Scores for other classes against their zero-shot embeddings (the text side is not
-        trained); ``features`` come from ``feature_backend`` as for ``predict_logits``."""
-        return cosine_logits(features, class_embeddings, self.state("logit_scale"))
 
     def feature_backend(self, backend: Backend) -> Backend:
         return PromptedImageBackend(backend, self.state("prompt"))
