@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +267,8 @@ def test_fingerprint_tracks_files_and_classnames(tmp_path: Path) -> None:
     assert load_image_folder(root).fingerprint() == first
     make_image(root / "cat" / "000.png", value=99, mode="L")  # new size
     assert load_image_folder(root).fingerprint() != first
+    copy = shutil.copytree(root, tmp_path / "copy")  # new modification times, same bytes
+    assert load_image_folder(copy).fingerprint() == load_image_folder(root).fingerprint()
     renamed = load_image_folder(root)
     before = renamed.fingerprint()
     renamed.classnames = ["kitten", "puppy"]

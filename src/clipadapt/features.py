@@ -7,7 +7,6 @@ does no model forward at all.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import deque
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clipadapt.data.errors import ImageDecodeError
-from clipadapt.data.images import decode_image
+from clipadapt.data.images import content_hash, decode_image
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.models.base import Backend
 from clipadapt.views import CENTER, view_key, view_transform
@@ -36,15 +35,6 @@ class Features:
     skipped: list[dict[str, str]] = field(default_factory=list)
     cached: int = 0
     computed: int = 0
-
-
-def content_hash(path: str | os.PathLike[str]) -> str:
-    """sha256 of the file's bytes (raises ImageDecodeError if it cannot be read)."""
-    try:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-    except OSError as exc:
-        raise ImageDecodeError(path, f"{type(exc).__name__}: {exc}") from exc
 
 
 def default_workers() -> int:

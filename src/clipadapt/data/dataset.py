@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clipadapt.data.errors import DatasetError
+from clipadapt.data.errors import DatasetError, ImageDecodeError
+from clipadapt.data.images import content_hash
 
 UNLABELED = -1
 """``Sample.label`` of a caption-only CSV row (the dataset then has no classes)."""
@@ -97,19 +98,18 @@ class ImageDataset:
         """sha256 hex digest identifying this exact data.
 
         Covers the classnames and, for every sample in order, its path relative to ``root``,
-        label, caption, file size and modification time (``st_mtime_ns``). Editing, adding,
-        removing, relabelling or touching a file changes it; so does copying the files
-        somewhere that does not preserve modification times.
+        label, caption and the sha256 of its bytes. Editing, adding, removing or relabelling
+        a file changes it; copying the data elsewhere (new modification times) does not.
         """
         digest = hashlib.sha256(json.dumps(self.classnames).encode())
         for sample, rel in zip(self.samples, self.relpaths(), strict=True):
             try:
-                stat = sample.path.stat()
-            except OSError as exc:
+                content = content_hash(sample.path)
+            except ImageDecodeError as exc:
                 raise DatasetError(
-                    f"dataset {self.name!r}: cannot read {sample.path} ({exc}); "
+                    f"dataset {self.name!r}: cannot read {sample.path} ({exc.reason}); "
                     "restore the file or load the dataset again"
                 ) from exc
-            record = [rel, sample.label, sample.caption, stat.st_size, stat.st_mtime_ns]
+            record = [rel, sample.label, sample.caption, content]
             digest.update(json.dumps(record).encode() + b"\n")
         return digest.hexdigest()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 
@@ -33,3 +35,22 @@ def decode_image(path: str | os.PathLike[str]) -> Image.Image:
             return image.convert("RGB")
     except Exception as exc:  # PIL raises many types for broken files; all mean "cannot decode"
         raise ImageDecodeError(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+def content_hash(path: str | os.PathLike[str]) -> str:
+    """sha256 of the file's bytes (raises ImageDecodeError if it cannot be read).
+
+    Memoised per (path, size, modification time), so hashing a dataset twice in one process
+    reads each file once; a file edited in place gets a new size or time and is read again.
+    """
+    try:
+        stat = os.stat(path)
+        return _hash_file(os.fspath(path), stat.st_size, stat.st_mtime_ns)
+    except OSError as exc:
+        raise ImageDecodeError(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _hash_file(path: str, _size: int, _mtime_ns: int) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

@@ -3,8 +3,8 @@
 Indices refer to ``dataset.samples``. Every class is sampled on its own: its images are
 sorted by path relative to the dataset root and shuffled by a generator seeded from
 ``(seed, class id)``, so a class's sample depends neither on file-system order nor on the
-other classes. Split files record each image's relative path, label, size and modification
-time, and ``load_split`` refuses a dataset whose files no longer match, naming them.
+other classes. Split files record each image's relative path, label and sha256 of its bytes,
+and ``load_split`` refuses a dataset whose files no longer match, naming them.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import numpy as np
 from clipadapt.atomic import atomic_write_text
 from clipadapt.data.dataset import ImageDataset
 from clipadapt.data.errors import DatasetError, quoted
+from clipadapt.data.images import content_hash
 
 SPLIT_FORMAT = "clipadapt-split"
-SPLIT_VERSION = 1
+SPLIT_VERSION = 2
 _TRAIN_TEST, _FEW_SHOT = 0, 1  # stream ids, so both samplers never share random numbers
-_ENTRY_KEYS = {"path", "label", "size", "mtime_ns"}
+_ENTRY_KEYS = {"path", "label", "sha256"}
 
 
 @dataclass(repr=False)
@@ -312,13 +313,7 @@ def _valid_entries(group: Any) -> bool:
 
 def _entry(dataset: ImageDataset, rels: list[str], index: int) -> dict[str, Any]:
     sample = dataset.samples[index]
-    stat = sample.path.stat()
-    return {
-        "path": rels[index],
-        "label": sample.label,
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-    }
+    return {"path": rels[index], "label": sample.label, "sha256": content_hash(sample.path)}
 
 
 def _dumps(header: dict[str, Any], lists: dict[str, list[dict[str, Any]]]) -> str:
@@ -343,10 +338,9 @@ def _describe_changes(
             gone.append(entry["path"])
             continue
         sample = dataset.samples[index]
-        stat = sample.path.stat()
         if sample.label != entry["label"]:
             relabelled.append(entry["path"])
-        elif (stat.st_size, stat.st_mtime_ns) != (entry["size"], entry["mtime_ns"]):
+        elif content_hash(sample.path) != entry["sha256"]:
             modified.append(entry["path"])
     listed = {e["path"] for group in entries.values() for e in group}
     added = sorted(set(where) - listed) if data["kind"] == "train_test" else []
@@ -355,7 +349,7 @@ def _describe_changes(
         for paths, what in (
             (gone, "gone"),
             (relabelled, "relabelled"),
-            (modified, "modified or touched"),
+            (modified, "modified"),
             (added, "added"),
         )
         if paths
