@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +14,10 @@ import torch.nn.functional as F
 from PIL import Image
 from prompt_tiny_models import save_tiny_hf_clip, save_tiny_open_clip
 
+from clipadapt.adapted import adapt
+from clipadapt.data import load_image_folder
 from clipadapt.features import extract_features
-from clipadapt.methods import FitData, create_method, load_method
+from clipadapt.methods import METHODS, FitData, NearestClassMean, create_method, load_method
 from clipadapt.methods.prompting.base import frozen
 from clipadapt.methods.prompting.context import ClassPrompts, init_context
 from clipadapt.models import create_backend
@@ -71,6 +76,7 @@ def fit_data(backend, paths: list[str], views: int = 1) -> FitData:
         support_labels=torch.arange(len(NAMES)).repeat_interleave(4),
         support_views=torch.stack(aug) if views else None,
         unlabeled_features=support,
+        unlabeled_paths=list(paths),
         backend=backend,
         support_paths=paths,
     )
@@ -286,6 +292,88 @@ def test_distilled_student_follows_its_teacher(open_clip_backend, images, tmp_pa
     assert agree >= (zeroshot == teacher.predict(features)).float().mean()
     loaded = load_method(student.save(tmp_path / "student"))
     assert loaded.selected["transductive"] is True
+
+
+def test_distillation_fits_a_named_teacher_on_the_same_shots(
+    open_clip_backend, images, tmp_path
+) -> None:
+    data = fit_data(open_clip_backend, images)
+    data.checkpoint_dir = tmp_path / "ckpt"
+    options = {"teacher": "coop", "teacher_params": {"epochs": 10, "lr": 5e-2, "ctx_init": None}}
+    student = create_method("prompt_distill", epochs=10, lr=5e-2, **options).fit(data)
+    teacher = create_method("coop", **options["teacher_params"]).fit(data)
+    assert student.selected["teacher"] == {"method": "coop", "selected": teacher.selected}
+    assert (tmp_path / "ckpt" / "teacher").is_dir()  # the teacher checkpoints apart
+    features = data.unlabeled_features
+    agree = (student.predict(features) == teacher.predict(features)).float().mean()
+    zeroshot = (features @ data.class_embeddings.T).argmax(-1)
+    assert agree >= (zeroshot == teacher.predict(features)).float().mean()
+    # the teacher gets the labeled kinds it reads, and nothing unlabeled
+    seen: list[FitData] = []
+
+    class Spy(NearestClassMean):
+        def fit(self, given: FitData) -> Spy:
+            seen.append(given)
+            return super().fit(given)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(METHODS, "spy", Spy)
+        create_method("prompt_distill", teacher="spy", epochs=1).fit(data)
+    assert seen[0].unlabeled_features is None and seen[0].backend is None
+    assert torch.equal(seen[0].support_features, data.support_features)
+    for teacher_name, match in (
+        ("coop_unsupervised", "unlabeled images itself"),
+        ("visual_prompt", "adapts the image tower"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            create_method("prompt_distill", teacher=teacher_name).fit(data)
+    with pytest.raises(ValueError, match="teacher_params apply to a teacher fitted here"):
+        create_method("prompt_distill", teacher=str(tmp_path), teacher_params={"a": 1}).fit(data)
+
+
+def test_distillation_from_a_model_adapted_on_another_backend(
+    open_clip_backend, hf_backend, images, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("CLIPADAPT_CACHE_DIR", str(tmp_path / "cache"))
+    for path in images:  # the same images as a class-folder dataset for `adapt`
+        target = tmp_path / "folder" / NAMES[int(Path(path).name[0])] / Path(path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    dataset = load_image_folder(tmp_path / "folder")
+    dataset.classnames = list(NAMES)  # folder order is sorted; keep the test's class order
+    dataset.class_ids = list(NAMES)
+    dataset.samples = [
+        dataclasses.replace(s, label=NAMES.index(s.path.parent.name)) for s in dataset.samples
+    ]
+    out = tmp_path / "teacher"
+    adapt(
+        hf_backend,
+        dataset,
+        out,
+        method="ncm",
+        shots=2,
+        test_fraction=0,
+        views=0,
+        ood_score=None,
+        progress=False,
+    )
+    data = fit_data(open_clip_backend, images)
+    student = create_method("prompt_distill", teacher=str(out), epochs=10, lr=5e-2).fit(data)
+    assert student.selected["teacher"] == {"saved": str(out), "model": hf_backend.info.spec}
+    hf_features = extract_features(hf_backend, images, progress=False).features
+    teacher = load_method(out)
+    target = teacher.predict(hf_features)
+    agree = (student.predict(data.unlabeled_features) == target).float().mean()
+    zeroshot = (data.unlabeled_features @ data.class_embeddings.T).argmax(-1)
+    assert agree >= (zeroshot == target).float().mean()
+    assert list((tmp_path / "cache").iterdir())  # the teacher's features went to the cache
+    data.unlabeled_paths = None
+    with pytest.raises(ValueError, match="unlabeled_paths is needed"):
+        create_method("prompt_distill", teacher=str(out), epochs=1).fit(data)
+    data = fit_data(open_clip_backend, images)
+    data.classnames = ["a", "b", "c"]
+    with pytest.raises(ValueError, match="was adapted on classes"):
+        create_method("prompt_distill", teacher=str(out), epochs=1).fit(data)
 
 
 def test_pseudo_labels_keep_the_most_confident_per_class(open_clip_backend, images) -> None:

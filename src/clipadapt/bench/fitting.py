@@ -111,25 +111,23 @@ def fit_data(
 ) -> FitData:
     """The ``FitData`` for ``method``: only the kinds it ``reads`` are filled in. Unlabeled
     images are the training pool's, so no method is ever transductive here."""
-    reads = method.reads
-    support, unlabeled = DataKind.SUPPORT in reads, DataKind.UNLABELED in reads
     return FitData(
         class_embeddings=class_embeddings,
         logit_scale=logit_scale,
         classnames=list(classnames),
-        support_features=data.support if support else None,
-        support_labels=data.support_labels if support else None,
-        support_views=data.views if support and DataKind.SUPPORT_VIEWS in reads else None,
-        val_features=data.val if DataKind.VALIDATION in reads else None,
-        val_labels=data.val_labels if DataKind.VALIDATION in reads else None,
-        unlabeled_features=data.unlabeled if unlabeled else None,
-        unlabeled_paths=data.unlabeled_paths if unlabeled else None,
+        support_features=data.support,
+        support_labels=data.support_labels,
+        support_views=data.views,
+        val_features=data.val,
+        val_labels=data.val_labels,
+        unlabeled_features=data.unlabeled,
+        unlabeled_paths=data.unlabeled_paths,
         unlabeled_includes_test=False,
         seed=seed,
-        backend=backend if DataKind.TOWER in reads else None,
-        support_paths=data.support_paths if DataKind.SUPPORT_IMAGES in reads else None,
+        backend=backend,
+        support_paths=data.support_paths,
         checkpoint_dir=None if method.training_free else checkpoint_dir,
-    )
+    ).only(method.reads)
 
 
 def views_given(method: Method, views: int) -> int:

@@ -10,6 +10,7 @@ kinds the method declares in ``reads``; test features are never part of it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -67,6 +68,28 @@ class FitData:
     @property
     def num_classes(self) -> int:
         return int(self.class_embeddings.shape[0])
+
+    def only(self, reads: frozenset[DataKind]) -> FitData:
+        """A copy holding only the kinds in ``reads`` (augmented views also need the support
+        set); the rest are None."""
+        hidden = {
+            name
+            for kind, names in _FIELDS_OF_KIND.items()
+            if kind not in reads
+            or (kind is DataKind.SUPPORT_VIEWS and DataKind.SUPPORT not in reads)
+            for name in names
+        }
+        return dataclasses.replace(self, **dict.fromkeys(hidden))
+
+
+_FIELDS_OF_KIND = {
+    DataKind.SUPPORT: ("support_features", "support_labels"),
+    DataKind.SUPPORT_VIEWS: ("support_views",),
+    DataKind.VALIDATION: ("val_features", "val_labels"),
+    DataKind.UNLABELED: ("unlabeled_features", "unlabeled_paths"),
+    DataKind.TOWER: ("backend",),
+    DataKind.SUPPORT_IMAGES: ("support_paths",),
+}
 
 
 class NotFittedError(RuntimeError):

@@ -8,13 +8,15 @@ import torch.nn.functional as F
 from clipadapt.methods.base import DataKind, FitData, Method
 
 
-def check_fit_data(method: Method, data: FitData) -> None:
-    """Raise ``ValueError`` naming the field when ``data`` lacks or garbles what ``method`` reads.
+def check_fit_data(method: Method, data: FitData, reads: frozenset[DataKind] | None = None) -> None:
+    """Raise ``ValueError`` naming the field when ``data`` lacks or garbles what ``method`` reads
+    (or ``reads``, when given).
 
     The support set is required by methods that read it; augmented views and the
     validation set are optional (methods fall back to defaults without them).
     """
     name = method.name
+    reads = method.reads if reads is None else reads
     embeddings = data.class_embeddings
     if embeddings is None or embeddings.ndim != 2:
         shape = None if embeddings is None else tuple(embeddings.shape)
@@ -22,7 +24,7 @@ def check_fit_data(method: Method, data: FitData) -> None:
     num_classes, dim = embeddings.shape
     if not data.logit_scale > 0:
         raise ValueError(f"{name}: FitData.logit_scale must be positive, got {data.logit_scale}")
-    if DataKind.SUPPORT in method.reads:
+    if DataKind.SUPPORT in reads:
         for field in ("support_features", "support_labels"):
             if getattr(data, field) is None:
                 raise ValueError(
@@ -33,14 +35,14 @@ def check_fit_data(method: Method, data: FitData) -> None:
             name, "support", data.support_features, data.support_labels, num_classes, dim
         )
         views = data.support_views
-        if DataKind.SUPPORT_VIEWS in method.reads and views is not None:
+        if DataKind.SUPPORT_VIEWS in reads and views is not None:
             expected = (len(data.support_features), dim)
             if views.ndim != 3 or tuple(views.shape[1:]) != expected:
                 raise ValueError(
                     f"{name}: FitData.support_views must be (V, {expected[0]}, {dim}), "
                     f"got {tuple(views.shape)}"
                 )
-    if DataKind.VALIDATION in method.reads and validation_set(data) is not None:
+    if DataKind.VALIDATION in reads and validation_set(data) is not None:
         if data.val_labels is None:
             raise ValueError(
                 f"{name}: FitData.val_features is given but FitData.val_labels is None"

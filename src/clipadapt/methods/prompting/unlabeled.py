@@ -7,8 +7,11 @@ it travels with the saved model and every result (inductive and transductive res
 share a table column).
 
 * ``prompt_distill`` (PromptKD-style; Li et al., CVPR 2024, arXiv:2403.02781): the student's
-  logits match a teacher's with ``T^2 KL(softmax(t/T) || softmax(s/T))``. The teacher is any
-  fitted method saved on the same backend (``teacher=<saved model directory>``).
+  logits match a teacher's with ``T^2 KL(softmax(t/T) || softmax(s/T))``. The teacher is
+  either a registered method fitted first, inside the same ``fit``, on the same labeled
+  support (``teacher="tip_adapter_f"``, ``teacher_params={...}``), so it has seen exactly the
+  K shots the student's result claims; or a saved fitted method (``teacher=<directory>``),
+  possibly adapted on another, larger model (see ``teacher.py``).
 * ``coop_unsupervised`` with ``objective="pseudo_label"`` (UPL; Huang et al., 2022,
   arXiv:2204.03649): cross-entropy to zero-shot predictions, keeping the ``per_class`` most
   confident images of each predicted class.
@@ -27,12 +30,13 @@ import torch.nn.functional as F
 from clipadapt.methods.base import DataKind, FitData
 from clipadapt.methods.common import check_fit_data, cosine_logits, scale_tensor
 from clipadapt.methods.prompting.coop import CoOp
+from clipadapt.methods.prompting.teacher import teacher_logits
 
 OBJECTIVES = ("pseudo_label", "entropy")
 
 
 def _unlabeled(method: CoOp, data: FitData) -> torch.Tensor:
-    check_fit_data(method, data)
+    check_fit_data(method, data, frozenset({DataKind.UNLABELED, DataKind.TOWER}))
     if data.unlabeled_features is None or len(data.unlabeled_features) == 0:
         raise ValueError(
             f"{method.name}: fit needs FitData.unlabeled_features (the method reads "
@@ -43,38 +47,59 @@ def _unlabeled(method: CoOp, data: FitData) -> torch.Tensor:
 
 
 class PromptDistill(CoOp):
-    """CoOp context distilled from a saved teacher's logits on unlabeled images."""
+    """CoOp context distilled from a teacher's logits on unlabeled images."""
 
     name = "prompt_distill"
-    reads: ClassVar[frozenset[DataKind]] = frozenset({DataKind.UNLABELED, DataKind.TOWER})
+    reads: ClassVar[frozenset[DataKind]] = frozenset(
+        {
+            DataKind.UNLABELED,
+            DataKind.TOWER,
+            DataKind.SUPPORT,
+            DataKind.SUPPORT_VIEWS,
+            DataKind.VALIDATION,
+        }
+    )
+    """The labeled kinds are for a teacher fitted in ``fit``; the student itself learns from
+    the teacher's predictions on the unlabeled images only.
 
-    def __init__(self, teacher: str | None = None, temperature: float = 1.0, **kwargs: Any):
+    The default teacher, Tip-Adapter-F, was chosen for being fast and tuning itself on the
+    validation shots, not from benchmark results."""
+
+    def __init__(
+        self,
+        teacher: str = "tip_adapter_f",
+        teacher_params: dict[str, Any] | None = None,
+        temperature: float = 1.0,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.teacher = teacher
+        self.teacher_params = dict(teacher_params or {})
         self.temperature = float(temperature)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
             "teacher": self.teacher,
+            "teacher_params": self.teacher_params,
             "temperature": self.temperature,
             **super().hyperparameters(),
         }
 
     def fit(self, data: FitData) -> Self:
-        from clipadapt.methods import load_method
+        from clipadapt.methods import METHODS
 
+        if self.teacher in METHODS:  # fitted on the labeled support first
+            check_fit_data(self, data)
         features = _unlabeled(self, data)
-        if self.teacher is None:
-            raise ValueError(f"{self.name}: pass teacher=<directory of a saved fitted method>")
-        teacher = load_method(self.teacher)
-        if hasattr(teacher, "attach"):
-            teacher.attach(data.backend)
         with torch.no_grad():
-            target = F.softmax(teacher.predict_logits(features) / self.temperature, dim=-1)
-        if target.shape[1] != data.num_classes:
+            logits, self.selected["teacher"] = teacher_logits(
+                self.name, self.teacher, self.teacher_params, data, features
+            )
+            target = F.softmax(logits / self.temperature, dim=-1)
+        if target.shape != (len(features), data.num_classes):
             raise ValueError(
-                f"{self.name}: the teacher scores {target.shape[1]} classes, the data has "
-                f"{data.num_classes}"
+                f"{self.name}: the teacher gives scores of shape {tuple(target.shape)}, the "
+                f"data needs ({len(features)}, {data.num_classes})"
             )
         t = self.temperature
 
