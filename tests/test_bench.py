@@ -125,6 +125,20 @@ def test_single_source_results_name_their_inputs(domains, tmp_path, backend) -> 
     assert set(result["timing"]) == {"fit_seconds", "predict_seconds"}
 
 
+def test_variants_of_one_method_run_side_by_side(domains, tmp_path, backend) -> None:
+    methods = {"tip_adapter": {}, "tip_flat": {"method": "tip_adapter", "beta": 1.0}}
+    cfg = config(domains, tmp_path, methods=methods, sources=("bright",), shots=(2,), seeds=(1,))
+    summary = run_bench(cfg, backend=backend, progress=False)
+    assert len(summary.ran) == 2
+    variant = read_result(tmp_path / "out/single_source/colors/bright/tip_flat/K2_s1.json")
+    plain = read_result(tmp_path / "out/single_source/colors/bright/tip_adapter/K2_s1.json")
+    assert variant["method"] == "tip_flat" and variant["config"]["variant_of"] == "tip_adapter"
+    assert variant["hyperparameters"]["beta"] == 1.0 != plain["hyperparameters"]["beta"]
+    assert "variant_of" not in plain["config"]
+    with pytest.raises(ValueError, match="unknown method 'nope' \\(for 'x'\\)"):
+        run_bench(config(domains, tmp_path, methods={"x": {"method": "nope"}}), backend=backend)
+
+
 def test_rerun_skips_finished_runs_and_refuses_other_configs(domains, tmp_path, backend) -> None:
     cfg = config(domains, tmp_path, sources=("bright",))
     first = run_bench(cfg, backend=backend, progress=False)
@@ -260,7 +274,7 @@ def test_cli_errors_name_the_problem(domains, tmp_path, backend, monkeypatch, ca
     assert main(["bench", "--data", str(domains), "--out", out, "--cache-dir", str(tmp_path)]) == 2
     assert "must have the same class folders" in capsys.readouterr().err
     assert main(["bench", "--data", str(domains), "--out", out, "--methods", "nope"]) == 2
-    assert "unknown method(s) ['nope']" in capsys.readouterr().err
+    assert "unknown method 'nope'" in capsys.readouterr().err
     assert main(["bench", "--data", str(domains)]) == 2
     assert "out must be given" in capsys.readouterr().err
 

@@ -226,6 +226,7 @@ class OodPlan:
             "known_classes": known,
             "unknown": unknown,
             "method": run.method,
+            **({"variant_of": method.name} if method.name != run.method else {}),
             "hyperparameters": method.hyperparameters(),
             "shots": run.shots,
             "seed": run.seed,

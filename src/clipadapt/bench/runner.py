@@ -279,6 +279,7 @@ class _Context:
             "targets": [dataclasses.asdict(t) for t in s.targets],
             "fit_classes": None if s.classes is None else list(s.classes),
             "method": run.method,
+            **({"variant_of": method.name} if method.name != run.method else {}),
             "hyperparameters": method.hyperparameters(),
             "shots": run.shots,
             "seed": run.seed,
@@ -454,18 +455,24 @@ def default_methods(registry: Mapping[str, type[Method]]) -> list[str]:
 
 
 def _methods(config: BenchConfig, registry: Mapping[str, type[Method]]) -> dict[str, Method]:
-    """One unfitted instance per method (hyperparameters checked by construction)."""
+    """One unfitted instance per method label (hyperparameters checked by construction).
+
+    A label is a registry name, or any name whose hyperparameters say ``method: <registry
+    name>`` (variants of one method side by side, e.g. ``ivlp_src: {method: ivlp, ...}``)."""
     chosen = config.methods or {name: {} for name in default_methods(registry)}
-    unknown = [name for name in chosen if name not in registry]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; known methods: {', '.join(registry)}")
     out: dict[str, Method] = {}
-    for name, hyperparameters in chosen.items():
+    for label, given in chosen.items():
+        hyperparameters = dict(given)
+        name = hyperparameters.pop("method", label)
+        if name not in registry:
+            raise ValueError(
+                f"unknown method {name!r} (for {label!r}); known methods: {', '.join(registry)}"
+            )
         try:
-            out[name] = registry[name](**hyperparameters)
+            out[label] = registry[name](**hyperparameters)
         except TypeError as err:
             raise ValueError(
-                f"method {name!r}: bad hyperparameters {hyperparameters}: {err}"
+                f"method {label!r}: bad hyperparameters {hyperparameters}: {err}"
             ) from None
     return out
 
