@@ -75,6 +75,16 @@ def test_random_weights_only_when_asked():
         parse_open_clip_spec("open_clip:ViT-B-32")
 
 
+def test_random_weights_are_the_same_in_every_process_and_leave_the_rng_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first = create_backend("open_clip:ViT-S-32/random")
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(6)  # another global state changes nothing
+    assert create_backend("open_clip:ViT-S-32/random").fingerprint == first.fingerprint
+
+
 def test_unknown_spec_lists_the_forms():
     with pytest.raises(ValueError, match="lite"):
         create_backend("no-such-model")

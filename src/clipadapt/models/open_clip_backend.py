@@ -2,7 +2,9 @@
 
 Weights come from local files when offline (a checkpoint path, a local directory with
 ``open_clip_config.json`` and weights, or open_clip's download cache). Random weights only
-when the pretrained part is literally ``random``.
+when the pretrained part is literally ``random``; they are drawn from a fixed seed (without
+touching the global random state), so every process builds the same random model and its
+features are cached and compared across runs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,20 @@ from clipadapt.models.base import Backend, ModelInfo, describe_transform
 
 RANDOM = "random"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+
+
+RANDOM_SEED = 0
+
+
+@contextmanager
+def _seeded(active: bool) -> Iterator[None]:
+    """Draw random weights from ``RANDOM_SEED``, leaving the global generator as it was."""
+    if not active:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        yield
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -36,7 +52,7 @@ class OpenClipBackend(Backend):
         if model_name.startswith("local-dir:"):
             _check_local_dir(Path(model_name.removeprefix("local-dir:")))
         try:
-            with hub_offline():
+            with hub_offline(), _seeded(pretrained == RANDOM):
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     model_name,
                     pretrained=None if pretrained in (None, RANDOM) else pretrained,
