@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from tiny_models import save_tiny_hf_clip, save_tiny_open_clip
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TINY_OPEN_CLIP_CFG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
 
 
 def shared_data(*parts: str) -> Path:
@@ -47,45 +42,13 @@ def image_folder(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_open_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny open_clip ViT saved as a ``local-dir:`` model."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    path = tmp_path_factory.mktemp("tiny_open_clip")
-    torch.manual_seed(0)
-    model = open_clip.model.CLIP(**TINY_OPEN_CLIP_CFG)
-    config = {
-        "model_cfg": TINY_OPEN_CLIP_CFG,
-        "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3},
-    }
-    (path / "open_clip_config.json").write_text(json.dumps(config))
-    save_file(model.state_dict(), str(path / "open_clip_model.safetensors"))
-    return path
+    return save_tiny_open_clip(tmp_path_factory.mktemp("tiny_open_clip"))
 
 
 @pytest.fixture(scope="session")
 def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny Hugging Face CLIPModel with tokenizer and image processor."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    path = tmp_path_factory.mktemp("tiny_hf")
-    torch.manual_seed(0)
-    layer = {"intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    config = CLIPConfig(
-        text_config={"hidden_size": 32, "max_position_embeddings": 77, "vocab_size": 64, **layer},
-        vision_config={"hidden_size": 32, "image_size": 32, "patch_size": 8, **layer},
-        projection_dim=16,
-    )
-    CLIPModel(config).save_pretrained(path)
-    words = ["a", "photo", "of", "the", "cat", "dog", "fish", "."]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1} | {
-        f"{w}</w>": i + 2 for i, w in enumerate(words)
-    }
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt")).save_pretrained(path)
-    crop = {"height": 32, "width": 32}
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=crop).save_pretrained(path)
-    return path
+    return save_tiny_hf_clip(tmp_path_factory.mktemp("tiny_hf"))
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_models import TINY_OPEN_CLIP_CFG
 
 from clipadapt.models import create_backend
 from clipadapt.models.open_clip_backend import MissingWeightsError, parse_open_clip_spec
-from tests.conftest import TINY_OPEN_CLIP_CFG
 
 
 def _image() -> Image.Image:

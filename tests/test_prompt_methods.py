@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from prompt_tiny_models import save_tiny_hf_clip, save_tiny_open_clip
+from tiny_models import save_tiny_hf_clip, save_tiny_open_clip
 
 from clipadapt.adapted import adapt
 from clipadapt.data import load_image_folder

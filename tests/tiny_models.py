@@ -7,8 +7,11 @@ from pathlib import Path
 
 import torch
 
-TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
-VISION_CFG = {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16}
+TINY_OPEN_CLIP_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
 
 
 def save_tiny_open_clip(directory: Path, seed: int = 0) -> Path:
@@ -17,10 +20,13 @@ def save_tiny_open_clip(directory: Path, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
-    cfg = {"embed_dim": 16, "vision_cfg": VISION_CFG, "text_cfg": TEXT_CFG}
-    model = open_clip.model.CLIP(**cfg)
+    model = open_clip.model.CLIP(**TINY_OPEN_CLIP_CFG)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    config = {
+        "model_cfg": TINY_OPEN_CLIP_CFG,
+        "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3},
+    }
+    (directory / "open_clip_config.json").write_text(json.dumps(config))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "open_clip_model.safetensors"))
     return directory
