@@ -20,7 +20,7 @@ between classes. The OOD score is the unknown margin ``u - logsumexp(known logit
 
 Defaults (``penalty = 1``, ``lam ~ U(0, 1)``, one pseudo-open feature per support feature)
 were chosen on PACS runs with art_painting and cartoon as the source domain, never photo. In
-``benchmarks/results/ood_pacs100.md`` it is on par with the zero-shot energy score in the
+``benchmarks/results/pacs100_ood/`` it is on par with the zero-shot energy score in the
 source domain and the weakest score under domain shift: mixtures of known classes are a poor
 stand-in for real unknowns.
 """
