@@ -139,6 +139,38 @@ def test_variants_of_one_method_run_side_by_side(domains, tmp_path, backend) -> 
         run_bench(config(domains, tmp_path, methods={"x": {"method": "nope"}}), backend=backend)
 
 
+def test_transductive_methods_get_the_test_images_and_say_so(domains, tmp_path, backend) -> None:
+    Spy.seen.clear()
+    methods = {"spy": {}, "spy_td": {"method": "spy", "unlabeled": "test"}}
+    cfg = config(domains, tmp_path, methods=methods, sources=("bright",), shots=(2,), seeds=(1,))
+    run_bench(cfg, backend=backend, registry=SPIES, progress=False)
+    inductive, transductive = Spy.seen
+    loaded = load_dataset(domains)
+    tested = read_result(tmp_path / "out/single_source/colors/bright/spy_td/K2_s1.json")
+    test_paths = {  # every image the run is scored on: bright's test split and all of dark
+        str(loaded["bright"].root / e["path"])
+        for e in json.loads((cfg.out / tested["split_files"]["bright"]).read_text())["test"]
+    } | {str(p) for p in loaded["dark"].paths}
+    assert set(transductive.unlabeled_paths) == test_paths
+    assert len(transductive.unlabeled_features) == len(test_paths)
+    assert not test_paths & set(inductive.unlabeled_paths)
+    assert transductive.unlabeled_includes_test and not inductive.unlabeled_includes_test
+    assert tested["transductive"] is True and tested["config"]["unlabeled"] == "test"
+    plain = read_result(tmp_path / "out/single_source/colors/bright/spy/K2_s1.json")
+    assert plain["transductive"] is False and "unlabeled" not in plain["config"]
+    rows = list(csv.DictReader(write_report(cfg.out, tmp_path / "report")["csv"].open()))
+    assert {r["method"] for r in rows} == {"spy", "spy_td (transductive)"}
+    for methods, match in (
+        ({"zeroshot": {"unlabeled": "test"}}, "'zeroshot' does not"),
+        ({"spy": {"unlabeled": "all"}}, "unlabeled must be one of"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            run_bench(config(domains, tmp_path, methods=methods), backend=backend, registry=SPIES)
+    ood = config(domains, tmp_path, methods={"spy": {"unlabeled": "test"}}, protocol="near_ood")
+    with pytest.raises(ValueError, match="the OOD protocols do not offer"):
+        run_bench(ood, backend=backend, registry=SPIES)
+
+
 def test_rerun_skips_finished_runs_and_refuses_other_configs(domains, tmp_path, backend) -> None:
     cfg = config(domains, tmp_path, sources=("bright",))
     first = run_bench(cfg, backend=backend, progress=False)

@@ -103,10 +103,9 @@ def aggregate(results: Iterable[dict[str, Any]]) -> dict[Key, Cell]:
         for role, label in DERIVED_TARGETS.items():
             if role in summary:
                 entries.append((label, role, {"acc1": summary[role]}, None))
+        method = method_label(r)
         for target, role, metrics, classnames in entries:
-            key = Key(
-                r["protocol"], r["dataset"], r["group"], target, role, r["method"], r["shots"]
-            )
+            key = Key(r["protocol"], r["dataset"], r["group"], target, role, method, r["shots"])
             cell = cells[key]
             if r["seed"] in cell.seeds:
                 raise ValueError(f"two results for {key} with seed {r['seed']}")
@@ -118,6 +117,12 @@ def aggregate(results: Iterable[dict[str, Any]]) -> dict[Key, Cell]:
                 matrix, cell.classnames = np.asarray(matrix), classnames
                 cell.confusion = matrix if cell.confusion is None else cell.confusion + matrix
     return dict(cells)
+
+
+def method_label(result: dict[str, Any]) -> str:
+    """The method's row label; transductive results (fitted with the test images as
+    unlabeled data) never share a row with inductive ones."""
+    return result["method"] + (" (transductive)" if result["transductive"] else "")
 
 
 def source_label(protocol: str, group: str) -> str:

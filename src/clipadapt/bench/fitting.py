@@ -108,9 +108,10 @@ def fit_data(
     seed: int,
     backend: Backend,
     checkpoint_dir: Path | None = None,
+    unlabeled_includes_test: bool = False,
 ) -> FitData:
     """The ``FitData`` for ``method``: only the kinds it ``reads`` are filled in. Unlabeled
-    images are the training pool's, so no method is ever transductive here."""
+    images are the training pool's unless the caller says they include test images."""
     return FitData(
         class_embeddings=class_embeddings,
         logit_scale=logit_scale,
@@ -122,7 +123,7 @@ def fit_data(
         val_labels=data.val_labels,
         unlabeled_features=data.unlabeled,
         unlabeled_paths=data.unlabeled_paths,
-        unlabeled_includes_test=False,
+        unlabeled_includes_test=unlabeled_includes_test,
         seed=seed,
         backend=backend,
         support_paths=data.support_paths,

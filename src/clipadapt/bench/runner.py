@@ -1,7 +1,9 @@
 """The benchmark runner: methods x settings x shots x seeds, one JSON result per run.
 
 The runner builds every method's ``FitData`` itself, from the support and validation
-features of the few-shot splits and nothing else, so test images never reach ``fit``.
+features of the few-shot splits and nothing else, so test images never reach ``fit`` (unless
+a method is configured with ``unlabeled: test``: it then gets the test images, without
+labels, as its unlabeled data, and its results say ``transductive``).
 Results live at ``<out>/<protocol>/<collection>/<group>/<method>/K<shots>_s<seed>.json``;
 a result whose recorded configuration hash matches is skipped on re-runs, one whose hash
 differs is refused (unless ``overwrite``), and a directory holding results of another
@@ -124,7 +126,13 @@ def run_bench(
     """
     start = time.perf_counter()
     check_results_dir(config.out)
-    methods = _methods(config, registry)
+    methods, transductive = _methods(config, registry)
+    if transductive and any(p in OOD_PROTOCOLS for p in config.protocols):
+        raise ValueError(
+            f"methods {sorted(transductive)} learn from the test images (unlabeled: test), "
+            "which the OOD protocols do not offer; run them in a config without "
+            f"{', '.join(OOD_PROTOCOLS)}"
+        )
     loaded = load_dataset(config.data, classnames_file=config.classnames, skip_bad=config.skip_bad)
     collection, domains = as_domains(loaded)
     chosen = [p for p in config.protocols if p not in OOD_PROTOCOLS]
@@ -148,7 +156,7 @@ def run_bench(
                     splits.few_shot(source, shots, seed)
     backend = backend or _create_backend(config)
     prompts = make_prompt_set(config.templates, classnames=next(iter(domains.values())).classnames)
-    context = _Context(config, backend, domains, splits, prompts.templates, methods)
+    context = _Context(config, backend, domains, splits, prompts.templates, methods, transductive)
     summary = BenchSummary(config.out)
     pending = _pending(context, plan, summary, overwrite)
     ood_pending = _ood_pending(ood_plan, context, summary, overwrite) if ood_plan else []
@@ -234,10 +242,15 @@ def _execute(
             unlabeled=any(reads_unlabeled(context.methods[run.method]) for run, _ in group),
             classes=setting.classes,
         )
+        with_test = None
         for run, run_config in group:
             bar.set_postfix_str(f"{setting.group} {run.method} K={shots} s={seed}")
             checkpoints = out / "checkpoints" / run.relpath.with_suffix("")
-            result = context.execute(run, run_config, data, text, bank, checkpoints)
+            given = data
+            if run.method in context.transductive:
+                with_test = with_test or context.with_test_unlabeled(data, setting, bank)
+                given = with_test
+            result = context.execute(run, run_config, given, text, bank, checkpoints)
             summary.ran.append(write_result(result, out / run.relpath))
             shutil.rmtree(checkpoints, ignore_errors=True)  # only for resuming this fit
             bar.update()
@@ -254,6 +267,7 @@ class _Context:
     splits: Splits
     templates: tuple[str, ...]
     methods: dict[str, Method]
+    transductive: frozenset[str] = frozenset()  # labels fitted with the test images unlabeled
     _fingerprints: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -280,6 +294,7 @@ class _Context:
             "fit_classes": None if s.classes is None else list(s.classes),
             "method": run.method,
             **({"variant_of": method.name} if method.name != run.method else {}),
+            **({"unlabeled": "test"} if run.method in self.transductive else {}),
             "hyperparameters": method.hyperparameters(),
             "shots": run.shots,
             "seed": run.seed,
@@ -318,6 +333,7 @@ class _Context:
             seed=run.seed,
             backend=self.backend,
             checkpoint_dir=checkpoint_dir,
+            unlabeled_includes_test=run.method in self.transductive,
         )
         fit_seconds = timed_fit(method, inputs)
         metrics: dict[str, Any] = {}
@@ -349,7 +365,7 @@ class _Context:
             reads=sorted(kind.value for kind in method.reads),
             feature_fingerprint=eval_backend.image_fingerprint,
             training_free=method.training_free,
-            transductive=False,
+            transductive=inputs.unlabeled_includes_test,
             shots=run.shots,
             seed=run.seed,
             val_per_class=run_config["val_per_class"],
@@ -393,6 +409,18 @@ class _Context:
         names = [self.classnames[c] for c in target.classes]
         weights = text[list(target.classes)]
         return score(lambda f: method.transfer_logits(f, weights, names), features, labels)
+
+    def with_test_unlabeled(
+        self, data: FewShotData, setting: Setting, bank: FeatureBank
+    ) -> FewShotData:
+        """``data`` whose unlabeled images are every image ``setting`` tests on (transductive)."""
+        rows, paths = [], []
+        for target in setting.targets:
+            dataset = self.domains[target.domain]
+            indices = bank.readable(dataset, self.target_indices(target))
+            rows.append(bank.rows(dataset, indices))
+            paths += [str(dataset.samples[i].path) for i in indices]
+        return dataclasses.replace(data, unlabeled=torch.cat(rows), unlabeled_paths=paths)
 
     def target_indices(self, target: Target) -> list[int]:
         """The dataset indices ``target`` scores: its part, restricted to its classes."""
@@ -454,16 +482,26 @@ def default_methods(registry: Mapping[str, type[Method]]) -> list[str]:
     return [name for name, cls in registry.items() if DataKind.TOWER not in cls.reads]
 
 
-def _methods(config: BenchConfig, registry: Mapping[str, type[Method]]) -> dict[str, Method]:
-    """One unfitted instance per method label (hyperparameters checked by construction).
+UNLABELED_SOURCES = ("train_pool", "test")
+
+
+def _methods(
+    config: BenchConfig, registry: Mapping[str, type[Method]]
+) -> tuple[dict[str, Method], frozenset[str]]:
+    """One unfitted instance per method label (hyperparameters checked by construction), and
+    the labels that learn from the test images as unlabeled data (transductive).
 
     A label is a registry name, or any name whose hyperparameters say ``method: <registry
-    name>`` (variants of one method side by side, e.g. ``ivlp_src: {method: ivlp, ...}``)."""
+    name>`` (variants of one method side by side, e.g. ``ivlp_src: {method: ivlp, ...}``).
+    ``unlabeled: test`` gives a method that reads unlabeled images every image the run is
+    tested on instead of the rest of the training pool; its results say transductive."""
     chosen = config.methods or {name: {} for name in default_methods(registry)}
     out: dict[str, Method] = {}
+    transductive = set()
     for label, given in chosen.items():
         hyperparameters = dict(given)
         name = hyperparameters.pop("method", label)
+        unlabeled = hyperparameters.pop("unlabeled", "train_pool")
         if name not in registry:
             raise ValueError(
                 f"unknown method {name!r} (for {label!r}); known methods: {', '.join(registry)}"
@@ -474,7 +512,18 @@ def _methods(config: BenchConfig, registry: Mapping[str, type[Method]]) -> dict[
             raise ValueError(
                 f"method {label!r}: bad hyperparameters {hyperparameters}: {err}"
             ) from None
-    return out
+        if unlabeled not in UNLABELED_SOURCES:
+            raise ValueError(
+                f"method {label!r}: unlabeled must be one of {UNLABELED_SOURCES}, got {unlabeled!r}"
+            )
+        if unlabeled == "test":
+            if not reads_unlabeled(out[label]):
+                raise ValueError(
+                    f"method {label!r}: unlabeled: test applies to methods that read unlabeled "
+                    f"images, and {name!r} does not"
+                )
+            transductive.add(label)
+    return out, frozenset(transductive)
 
 
 def _create_backend(config: BenchConfig) -> Backend:
