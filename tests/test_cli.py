@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clipadapt.cli import main
+from clipadapt.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,6 +48,13 @@ def test_zeroshot_test_split_writes_the_split_file(cli_env, image_folder, tiny_o
 def test_bad_data_is_a_clear_error_exit_2(cli_env, capsys):
     assert main(["zeroshot", "--data", str(cli_env / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_quiet_goes_before_or_after_the_command():
+    parser = build_parser()
+    assert parser.parse_args(["cache", "show"]).quiet is False
+    assert parser.parse_args(["-q", "cache", "show"]).quiet is True
+    assert parser.parse_args(["cache", "show", "--quiet"]).quiet is True
 
 
 def test_cache_show_and_clear(cli_env, image_folder, tiny_open_clip_dir, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import sys
 from collections.abc import Sequence
@@ -34,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipadapt", description=__doc__)
     parser.add_argument("--version", action="version", version=f"clipadapt {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
+    quiet = argparse.ArgumentParser(add_help=False)  # -q also after the command
+    quiet.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     sub = parser.add_subparsers(required=True, metavar="command")
+    sub.add_parser = functools.partial(sub.add_parser, parents=[quiet])
 
     p = sub.add_parser("models", help="list model specs")
     p.add_argument("--all", action="store_true", help="also list open_clip's pretrained table")
