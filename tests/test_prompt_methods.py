@@ -20,6 +20,7 @@ from clipadapt.features import extract_features
 from clipadapt.methods import METHODS, FitData, NearestClassMean, create_method, load_method
 from clipadapt.methods.prompting.base import frozen
 from clipadapt.methods.prompting.context import ClassPrompts, init_context
+from clipadapt.methods.prompting.teacher import teacher_logits
 from clipadapt.models import create_backend
 from clipadapt.models.prompt_access import promptable_text, vit_image_tower
 from clipadapt.prompts import PromptSet, class_embeddings
@@ -374,6 +375,20 @@ def test_distillation_from_a_model_adapted_on_another_backend(
     data.classnames = ["a", "b", "c"]
     with pytest.raises(ValueError, match="was adapted on classes"):
         create_method("prompt_distill", teacher=str(out), epochs=1).fit(data)
+
+
+def test_a_saved_image_side_teacher_encodes_the_images_itself(
+    open_clip_backend, images, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("CLIPADAPT_CACHE_DIR", str(tmp_path / "cache"))
+    data = fit_data(open_clip_backend, images)
+    prompt = create_method("visual_prompt", epochs=1, size=4).fit(data)
+    saved = str(prompt.save(tmp_path / "teacher"))
+    logits, record = teacher_logits("s", saved, {}, data, data.unlabeled_features)
+    own = extract_features(prompt.feature_backend(open_clip_backend), images, progress=False)
+    assert record == {"saved": saved}
+    assert torch.allclose(logits, prompt.predict_logits(own.features), atol=1e-5)
+    assert not torch.allclose(logits, prompt.predict_logits(data.unlabeled_features), atol=1e-3)
 
 
 def test_pseudo_labels_keep_the_most_confident_per_class(open_clip_backend, images) -> None:

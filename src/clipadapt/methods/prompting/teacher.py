@@ -5,7 +5,8 @@ Three kinds of teacher:
 * a registered method name: fitted here on the labeled part of the student's ``FitData``
   (same support, same K), never on the unlabeled images;
 * a method saved on the student's backend (``Method.save`` or ``clipadapt adapt``): its
-  ``predict_logits`` runs on the student's cached features;
+  ``predict_logits`` runs on the student's cached features, or, if it adapted the image side
+  (visual prompts, image LoRA, MaPLe), on the unlabeled image files encoded through it;
 * a model adapted with ``clipadapt adapt`` on another, typically larger, backend: that
   backend is rebuilt from the recorded spec, checked against the recorded fingerprint, and
   encodes the unlabeled image files itself (through the default feature cache).
@@ -15,11 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from clipadapt.methods.base import DataKind, FitData, Method, read_config
+
+if TYPE_CHECKING:
+    from clipadapt.models.base import Backend
 
 
 def teacher_logits(
@@ -29,7 +33,7 @@ def teacher_logits(
 
     ``features`` are the student backend's features of ``data.unlabeled_paths`` (same order).
     """
-    from clipadapt.methods import METHODS, load_method
+    from clipadapt.methods import METHODS
 
     if teacher in METHODS:
         method = _fit_teacher(student, teacher, params, data)
@@ -45,11 +49,7 @@ def teacher_logits(
             f"{student}: teacher {teacher!r} is neither a registered method nor a directory; "
             "pass a method name or the directory of a saved fitted method"
         )
-    model = read_config(directory).get("adapted", {}).get("model")
-    record: dict[str, Any] = {"saved": str(directory)}
-    if model is None or model["image_fingerprint"] == data.backend.image_fingerprint:
-        return load_method(directory).attach(data.backend).predict_logits(features), record
-    return _other_model_logits(student, directory, model, data), record | {"model": model["spec"]}
+    return _saved_teacher_logits(student, directory, data, features)
 
 
 def _fit_teacher(student: str, name: str, params: dict[str, Any], data: FitData) -> Method:
@@ -74,33 +74,50 @@ def _fit_teacher(student: str, name: str, params: dict[str, Any], data: FitData)
     return method.fit(given.only(method.reads))
 
 
-def _other_model_logits(
-    student: str, directory: Path, model: dict[str, Any], data: FitData
-) -> torch.Tensor:
-    """Logits of a teacher adapted on another backend, which encodes the image files."""
+def _saved_teacher_logits(
+    student: str, directory: Path, data: FitData, features: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Logits of a saved teacher: on the student's features when it reads the same image
+    features, else on features its own backend (the recorded one, or the student's wrapped
+    by the teacher's image-side adaptation) computes from the unlabeled image files."""
     from clipadapt.adapted import check_backend, load_adapted
-    from clipadapt.feature_cache import FeatureCache
-    from clipadapt.features import extract_features
+    from clipadapt.methods import load_method
     from clipadapt.models import create_backend
 
-    adapted = load_adapted(directory)
-    if adapted.info["classes"]["classnames"] != data.classnames:
-        raise ValueError(
-            f"{student}: teacher {directory} was adapted on classes "
-            f"{adapted.info['classes']['classnames']}, the student fits {data.classnames}"
-        )
+    record: dict[str, Any] = {"saved": str(directory)}
+    model = read_config(directory).get("adapted", {}).get("model")
+    if model is None or model["image_fingerprint"] == data.backend.image_fingerprint:
+        method, backend = load_method(directory), data.backend
+    else:
+        adapted = load_adapted(directory)
+        if adapted.info["classes"]["classnames"] != data.classnames:
+            raise ValueError(
+                f"{student}: teacher {directory} was adapted on classes "
+                f"{adapted.info['classes']['classnames']}, the student fits {data.classnames}"
+            )
+        backend = create_backend(model["spec"])
+        check_backend(adapted, backend, directory)
+        method, record["model"] = adapted.method, model["spec"]
+    method.attach(backend)
+    if backend is data.backend and type(method).feature_backend is Method.feature_backend:
+        return method.predict_logits(features), record
     if data.unlabeled_paths is None:
         raise ValueError(
-            f"{student}: teacher {directory} runs on another model ({model['spec']!r}), which "
-            "must encode the unlabeled images itself: FitData.unlabeled_paths is needed"
+            f"{student}: teacher {directory} needs its own image features, computed from the "
+            "unlabeled image files: FitData.unlabeled_paths is needed"
         )
-    backend = create_backend(model["spec"])
-    check_backend(adapted, backend, directory)
-    method = adapted.method.attach(backend)
+    return _encoded_logits(method, backend, data.unlabeled_paths), record
+
+
+def _encoded_logits(method: Method, backend: Backend, paths: list[str]) -> torch.Tensor:
+    """``method``'s logits on ``paths`` encoded by its feature backend (default cache)."""
+    from clipadapt.feature_cache import FeatureCache
+    from clipadapt.features import extract_features
+
     cache = FeatureCache()
     try:
         encoded = extract_features(
-            method.feature_backend(backend), data.unlabeled_paths, cache=cache, progress=False
+            method.feature_backend(backend), paths, cache=cache, progress=False
         )
     finally:
         cache.close()
