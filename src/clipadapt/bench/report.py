@@ -168,7 +168,8 @@ def fmt(cell: Cell | None, max_seeds: int) -> str:
     if not cell.applicable:
         return "n/a"
     text = f"{cell.mean * 100:.1f} ± {cell.std * 100:.1f}"
-    return text if len(cell.values) == max_seeds else f"{text} ({len(cell.values)} seeds)"
+    n = len(cell.values)
+    return text if n == max_seeds else f"{text} ({n} seed{'s' if n > 1 else ''})"
 
 
 def section_tables(section: Section) -> list[Table]:
