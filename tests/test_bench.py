@@ -160,6 +160,9 @@ def test_transductive_methods_get_the_test_images_and_say_so(domains, tmp_path, 
     assert plain["transductive"] is False and "unlabeled" not in plain["config"]
     rows = list(csv.DictReader(write_report(cfg.out, tmp_path / "report")["csv"].open()))
     assert {r["method"] for r in rows} == {"spy", "spy_td (transductive)"}
+    figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
+    assert "single_source_colors_confusion_spy.png" in figures  # inductive rows rank first
+    assert all(" " not in name and "(" not in name for name in figures)
     for methods, match in (
         ({"zeroshot": {"unlabeled": "test"}}, "'zeroshot' does not"),
         ({"spy": {"unlabeled": "all"}}, "unlabeled must be one of"),

@@ -119,10 +119,13 @@ def aggregate(results: Iterable[dict[str, Any]]) -> dict[Key, Cell]:
     return dict(cells)
 
 
+TRANSDUCTIVE = " (transductive)"
+
+
 def method_label(result: dict[str, Any]) -> str:
     """The method's row label; transductive results (fitted with the test images as
     unlabeled data) never share a row with inductive ones."""
-    return result["method"] + (" (transductive)" if result["transductive"] else "")
+    return result["method"] + (TRANSDUCTIVE if result["transductive"] else "")
 
 
 def source_label(protocol: str, group: str) -> str:

@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import html
 import io
+import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from clipadapt.bench.aggregate import (
     DERIVED_TARGETS,
     PRIMARY_ROLES,
     ROLE_TITLES,
+    TRANSDUCTIVE,
     Cell,
     Key,
     aggregate,
@@ -322,14 +324,16 @@ def _provenance(results: list[dict[str, Any]]) -> list[str]:
     seeds = sorted({r["seed"] for r in results})
     views = sorted({r["views"] for r in results if r["views"]})
     versions = sorted({r["package_version"] for r in results})
+    transductive = sorted({r["method"] for r in results if r["transductive"]})
     return [
         f"- runs: {len(results)}; seeds: {', '.join(map(str, seeds))}; "
         f"acc1 in %, mean ± sample std over seeds; n/a = the method cannot score those classes",
         f"- model: {'; '.join(models)}",
         f"- augmented views per support image (methods that read them): "
         f"{', '.join(map(str, views)) or 'none'}",
-        f"- hyperparameters chosen on the few-shot validation set (min(K, 4) per class) only; "
-        f"transductive: {any(r['transductive'] for r in results)}",
+        "- hyperparameters chosen on the few-shot validation set (min(K, 4) per class) only",
+        "- transductive rows (learned from the test images, without their labels): "
+        + (", ".join(transductive) or "none"),
         f"- clipadapt {', '.join(versions)}; peak memory of a run's process: "
         f"{max(r['peak_memory_mb'] for r in results):.0f} MiB",
     ]
@@ -338,7 +342,7 @@ def _provenance(results: list[dict[str, Any]]) -> list[str]:
 def make_figures(sections: list[Section]) -> list[tuple[str, Any]]:
     figures = []
     for s in sections:
-        stem = f"{s.protocol}_{s.dataset}".replace("/", "_")
+        stem = _file_safe(f"{s.protocol}_{s.dataset}")
         top = s.shots[-1]
         figures.append(
             (
@@ -356,17 +360,22 @@ def make_figures(sections: list[Section]) -> list[tuple[str, Any]]:
         if best is not None:
             figures.append(
                 (
-                    f"{stem}_confusion_{best}.png",
+                    f"{stem}_confusion_{_file_safe(best)}.png",
                     plots.confusion_figure(s.cells, s.protocol, s.groups, best, top),
                 )
             )
     return figures
 
 
+def _file_safe(name: str) -> str:
+    """``name`` with every run of characters other than letters, digits, ``.-_`` as ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+
+
 def best_method(section: Section) -> str | None:
     """The method with the highest mean over sources, at the largest shot count, of the
     protocol's ranking role (HM for base-to-novel, else its first headline role); zero-shot
-    only when no other method has a score."""
+    only when no other method has a score, transductive rows only when no inductive one has."""
     top, roles = section.shots[-1], PRIMARY_ROLES[section.protocol]
     for role in (RANKING_ROLE.get(section.protocol, roles[0]), *roles):
         best = _best_for(section, role, top)
@@ -381,7 +390,8 @@ def _best_for(section: Section, role: str, top: int) -> str | None:
         found = [section.cell(g, role, method, top) for g in section.groups]
         if all(c is not None and c.applicable for c in found):
             scores[method] = statistics.fmean(c.mean for c in found)
-    adapted = {m: v for m, v in scores.items() if m != "zeroshot"} or scores
+    inductive = {m: v for m, v in scores.items() if not m.endswith(TRANSDUCTIVE)} or scores
+    adapted = {m: v for m, v in inductive.items() if m != "zeroshot"} or inductive
     return max(adapted, key=adapted.get) if adapted else None
 
 
