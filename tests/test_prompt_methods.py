@@ -165,6 +165,7 @@ def test_chunked_backward_gives_the_same_gradient(open_clip_backend) -> None:
         ("visual_prompt", {"size": 4}),
         ("coop_unsupervised", {"per_class": 2}),
         ("coop_unsupervised", {"objective": "entropy"}),
+        ("prompt_distill", {"teacher": "ncm"}),
         ("maple", {"depth": 2}),
         ("ivlp", {"depth": 1, "src_text": 1.0, "src_image": 1.0, "src_kl": 1.0}),
     ],
