@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 def teacher_logits(
     student: str, teacher: str, params: dict[str, Any], data: FitData, features: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The teacher's logits (U, C) on the unlabeled images and a record of the teacher.
+    """The teacher's logits (U, C) on the unlabeled images (no gradient) and a record of it.
 
     ``features`` are the student backend's features of ``data.unlabeled_paths`` (same order).
     """
@@ -37,7 +37,9 @@ def teacher_logits(
 
     if teacher in METHODS:
         method = _fit_teacher(student, teacher, params, data)
-        return method.predict_logits(features), {"method": teacher, "selected": method.selected}
+        with torch.no_grad():
+            logits = method.predict_logits(features)
+        return logits, {"method": teacher, "selected": method.selected}
     if params:
         raise ValueError(
             f"{student}: teacher_params apply to a teacher fitted here, but teacher "
@@ -100,7 +102,8 @@ def _saved_teacher_logits(
         method, record["model"] = adapted.method, model["spec"]
     method.attach(backend)
     if backend is data.backend and type(method).feature_backend is Method.feature_backend:
-        return method.predict_logits(features), record
+        with torch.no_grad():
+            return method.predict_logits(features), record
     if data.unlabeled_paths is None:
         raise ValueError(
             f"{student}: teacher {directory} needs its own image features, computed from the "
@@ -121,5 +124,5 @@ def _encoded_logits(method: Method, backend: Backend, paths: list[str]) -> torch
         )
     finally:
         cache.close()
-    with torch.inference_mode():
-        return method.predict_logits(encoded.features).clone()
+    with torch.no_grad():
+        return method.predict_logits(encoded.features)

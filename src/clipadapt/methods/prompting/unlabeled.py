@@ -91,11 +91,10 @@ class PromptDistill(CoOp):
         if self.teacher in METHODS:  # fitted on the labeled support first
             check_fit_data(self, data)
         features = _unlabeled(self, data)
-        with torch.no_grad():
-            logits, self.selected["teacher"] = teacher_logits(
-                self.name, self.teacher, self.teacher_params, data, features
-            )
-            target = F.softmax(logits / self.temperature, dim=-1)
+        logits, self.selected["teacher"] = teacher_logits(
+            self.name, self.teacher, self.teacher_params, data, features
+        )
+        target = F.softmax(logits / self.temperature, dim=-1)
         if target.shape != (len(features), data.num_classes):
             raise ValueError(
                 f"{self.name}: the teacher gives scores of shape {tuple(target.shape)}, the "
