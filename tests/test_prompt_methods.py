@@ -188,6 +188,23 @@ def test_save_load_round_trip_gives_identical_logits(
     assert torch.equal(again.predict_logits(features), method.predict_logits(features))
 
 
+@pytest.mark.parametrize("name", ["coop", "visual_prompt"])
+def test_bf16_autocast_trains_close_to_fp32(name, open_clip_backend, images) -> None:
+    data = fit_data(open_clip_backend, images)
+    options = {"size": 4} if name == "visual_prompt" else {}
+    logits = []
+    for precision in ("fp32", "bf16"):
+        method = create_method(name, epochs=2, precision=precision, **options).fit(data)
+        backend = method.feature_backend(open_clip_backend)
+        features = extract_features(backend, images, progress=False).features
+        logits.append(method.predict_logits(features))
+    full, mixed = logits
+    assert not torch.equal(full, mixed)  # bf16 did run
+    assert (full - mixed).abs().max() < 0.01 * full.abs().max()
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        create_method(name, precision="fp16")
+
+
 RESUMED = {
     "coop": {},
     "cocoop": {},

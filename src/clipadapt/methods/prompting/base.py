@@ -25,6 +25,9 @@ from clipadapt.methods.prompting.loop import EpochHook, run_key, train_epochs
 from clipadapt.models.base import Backend
 
 CHECKPOINT_SUFFIX = ".ckpt"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+"""Training precisions: fp32, or bf16 autocast (CPUs with bf16 support and GPUs; needs no
+loss scaling, unlike fp16)."""
 
 
 @contextmanager
@@ -49,9 +52,20 @@ class TowerMethod(Method):
     supports_new_classes: ClassVar[bool] = True
 
     def __init__(
-        self, epochs: int, batch_size: int, lr: float, weight_decay: float, image_path: str
+        self,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        weight_decay: float,
+        image_path: str,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"{self.name}: precision {precision!r}: use one of {tuple(PRECISIONS)}"
+            )
+        self.precision = precision
         self.epochs = int(epochs)
         self.batch_size = int(batch_size)
         self.lr = float(lr)
@@ -73,6 +87,7 @@ class TowerMethod(Method):
             "lr": self.lr,
             "weight_decay": self.weight_decay,
             "image_path": self.image_path,
+            "precision": self.precision,
         }
 
     def _train(
@@ -99,7 +114,7 @@ class TowerMethod(Method):
         )
         self.epoch_seconds = train_epochs(
             params,
-            loss,
+            self._autocast(loss, data.backend),
             len(examples),
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -115,6 +130,20 @@ class TowerMethod(Method):
         self.text_fingerprint = data.backend.text_fingerprint
         self._backend = data.backend
         self._transfers = {}
+
+    def _autocast(self, loss, backend: Backend):
+        """``loss`` run under autocast to ``precision`` on the backend's device (parameters,
+        optimizer state and the backward pass stay fp32); ``loss`` itself for fp32."""
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return loss
+
+        def mixed(epoch: int, rows: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(backend.device.type, dtype=dtype):
+                value = loss(epoch, rows)
+            return value.float()
+
+        return mixed
 
     # -- new class names -----------------------------------------------------------------
     def class_embeddings_for(self, backend: Backend, classnames: list[str]) -> torch.Tensor:

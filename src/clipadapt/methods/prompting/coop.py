@@ -59,8 +59,9 @@ class CoOp(TowerMethod):
         weight_decay: float = 0.0,
         image_path: str = "cached",
         text_chunk: int = TEXT_CHUNK,
+        precision: str = "fp32",
     ) -> None:
-        super().__init__(epochs, batch_size, lr, weight_decay, image_path)
+        super().__init__(epochs, batch_size, lr, weight_decay, image_path, precision)
         self.n_ctx = int(n_ctx)
         self.ctx_init = ctx_init
         self.class_specific = bool(class_specific)
@@ -166,8 +167,9 @@ class CoCoOp(TowerMethod):
         lr: float = 2e-3,
         weight_decay: float = 0.0,
         image_path: str = "cached",
+        precision: str = "fp32",
     ) -> None:
-        super().__init__(epochs, batch_size, lr, weight_decay, image_path)
+        super().__init__(epochs, batch_size, lr, weight_decay, image_path, precision)
         self.n_ctx = int(n_ctx)
         self.ctx_init = ctx_init
         self._prompts: ClassPrompts | None = None

@@ -139,8 +139,9 @@ class MaPLe(TowerMethod):
         batch_size: int = 4,
         lr: float = 3.5e-3,
         weight_decay: float = 0.0,
+        precision: str = "fp32",
     ) -> None:
-        super().__init__(epochs, batch_size, lr, weight_decay, image_path="reencode")
+        super().__init__(epochs, batch_size, lr, weight_decay, "reencode", precision)
         self.n_ctx = int(n_ctx)
         self.depth = int(depth)
         self.ctx_init = ctx_init

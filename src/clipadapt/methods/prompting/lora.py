@@ -75,8 +75,9 @@ class LoRAMethod(TowerMethod):
         lr: float,
         weight_decay: float,
         image_path: str,
+        precision: str,
     ) -> None:
-        super().__init__(epochs, batch_size, lr, weight_decay, image_path)
+        super().__init__(epochs, batch_size, lr, weight_decay, image_path, precision)
         self.rank = int(rank)
         self.alpha = float(alpha)
         self.dropout = float(dropout)
@@ -163,8 +164,11 @@ class TextLoRA(LoRAMethod):
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         image_path: str = "cached",
+        precision: str = "fp32",
     ) -> None:
-        super().__init__(rank, alpha, dropout, epochs, batch_size, lr, weight_decay, image_path)
+        super().__init__(
+            rank, alpha, dropout, epochs, batch_size, lr, weight_decay, image_path, precision
+        )
         self.template = template
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -307,8 +311,11 @@ class ImageLoRA(FixedTextScores, LoRAMethod):
         batch_size: int = 32,
         lr: float = 2e-4,
         weight_decay: float = 0.0,
+        precision: str = "fp32",
     ) -> None:
-        super().__init__(rank, alpha, dropout, epochs, batch_size, lr, weight_decay, "reencode")
+        super().__init__(
+            rank, alpha, dropout, epochs, batch_size, lr, weight_decay, "reencode", precision
+        )
         self.views = int(views)
 
     def hyperparameters(self) -> dict[str, Any]:

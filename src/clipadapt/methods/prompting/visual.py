@@ -91,8 +91,9 @@ class VisualPrompt(FixedTextScores, TowerMethod):
         batch_size: int = 32,
         lr: float = 1e-2,
         weight_decay: float = 0.0,
+        precision: str = "fp32",
     ) -> None:
-        super().__init__(epochs, batch_size, lr, weight_decay, image_path="reencode")
+        super().__init__(epochs, batch_size, lr, weight_decay, "reencode", precision)
         self.kind = kind
         self.size = int(size)
         self.views = int(views)
