@@ -27,11 +27,12 @@ RANDOM_SEED = 0
 
 @contextmanager
 def _seeded(active: bool) -> Iterator[None]:
-    """Draw random weights from ``RANDOM_SEED``, leaving the global generator as it was."""
+    """Draw random weights from ``RANDOM_SEED``, leaving the global generators (CPU and every
+    CUDA device, which ``manual_seed`` also seeds) as they were."""
     if not active:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng():
         torch.manual_seed(RANDOM_SEED)
         yield
 

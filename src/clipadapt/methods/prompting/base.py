@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -25,6 +25,7 @@ from clipadapt.methods.prompting.loop import EpochHook, run_key, train_epochs
 from clipadapt.models.base import Backend
 
 CHECKPOINT_SUFFIX = ".ckpt"
+BatchLoss = Callable[[int, torch.Tensor], torch.Tensor]  # (epoch, rows) -> loss
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 """Training precisions: fp32, or bf16 autocast (CPUs with bf16 support and GPUs; needs no
 loss scaling, unlike fp16)."""
@@ -131,7 +132,7 @@ class TowerMethod(Method):
         self._backend = data.backend
         self._transfers = {}
 
-    def _autocast(self, loss, backend: Backend):
+    def _autocast(self, loss: BatchLoss, backend: Backend) -> BatchLoss:
         """``loss`` run under autocast to ``precision`` on the backend's device (parameters,
         optimizer state and the backward pass stay fp32); ``loss`` itself for fp32."""
         dtype = PRECISIONS[self.precision]
