@@ -91,6 +91,33 @@ class Backend(ABC):
         ).hexdigest()[:16]
 
 
+class ImageAdaptedBackend(Backend):
+    """``base`` with its image side adapted by ``image_extras`` (pixel or deep prompts, LoRA
+    adapters): texts go through ``base`` unchanged, and the image fingerprint covers
+    ``base``'s image weights plus the extras. Subclasses implement ``encode_image_batch``."""
+
+    def __init__(self, base: Backend, image_extras: list[torch.Tensor]) -> None:
+        self.base = base
+        self.image_extras = image_extras
+        self.info = base.info
+        self.preprocess = base.preprocess
+        self.preprocess_description = base.preprocess_description
+        self.embed_dim = base.embed_dim
+        self.logit_scale = base.logit_scale
+        self.device = base.device
+
+    def encode_text_batch(self, texts: list[str]) -> torch.Tensor:
+        return self.base.encode_text_batch(texts)
+
+    def weight_tensors(self, tower: str) -> Iterable[torch.Tensor]:
+        extra = self.image_extras if tower == "image" else []
+        return [*self.base.weight_tensors(tower), *extra]
+
+    @property
+    def text_fingerprint(self) -> str:
+        return self.base.text_fingerprint  # the text tower is ``base``'s, unchanged
+
+
 def hash_tensors(tensors: Iterable[torch.Tensor], extra: str = "") -> str:
     """A short sha256 over the tensors' shapes, dtypes and bytes, and ``extra``."""
     digest = hashlib.sha256(extra.encode())

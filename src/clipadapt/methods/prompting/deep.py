@@ -24,7 +24,7 @@ image side changes); test features come from ``feature_backend(backend)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, Self
 
@@ -43,7 +43,7 @@ from clipadapt.methods.prompting.images import (
     require_backend,
     require_paths,
 )
-from clipadapt.models.base import Backend
+from clipadapt.models.base import Backend, ImageAdaptedBackend
 from clipadapt.models.prompt_access import backend_modules, promptable_text, vit_image_tower
 
 
@@ -90,30 +90,17 @@ def _blocks(module: nn.Module, method: str) -> nn.ModuleList:
     return transformer.resblocks
 
 
-class DeepPromptedBackend(Backend):
+class DeepPromptedBackend(ImageAdaptedBackend):
     """``base`` with deep vision prompts inserted into its ViT for every image batch."""
 
     def __init__(self, base: Backend, vision_prompts: list[torch.Tensor], method: str) -> None:
-        self.base = base
         self.blocks = _blocks(vit_image_tower(base, method), method)
         self.vision_prompts = [p.detach() for p in vision_prompts]
-        self.info = base.info
-        self.preprocess = base.preprocess
-        self.preprocess_description = base.preprocess_description
-        self.embed_dim = base.embed_dim
-        self.logit_scale = base.logit_scale
-        self.device = base.device
+        super().__init__(base, self.vision_prompts)
 
     def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
         with block_prompts(self.blocks, self.vision_prompts, "append"):
             return self.base.encode_image_batch(pixels)
-
-    def encode_text_batch(self, texts: list[str]) -> torch.Tensor:
-        return self.base.encode_text_batch(texts)
-
-    def weight_tensors(self, tower: str) -> Iterable[torch.Tensor]:
-        extra = self.vision_prompts if tower == "image" else []
-        return [*self.base.weight_tensors(tower), *extra]
 
 
 class MaPLe(TowerMethod):

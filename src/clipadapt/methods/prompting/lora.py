@@ -22,7 +22,6 @@ the adapted image tower and has its own image fingerprint (the plain cache is no
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from itertools import chain
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -46,7 +45,7 @@ from clipadapt.methods.prompting.images import (
     require_backend,
     require_paths,
 )
-from clipadapt.models.base import TEXT_CHUNK, Backend
+from clipadapt.models.base import TEXT_CHUNK, Backend, ImageAdaptedBackend
 from clipadapt.models.prompt_access import PromptableText, promptable_text, vit_image_tower
 
 PREFIX = "lora."
@@ -245,34 +244,16 @@ class TextLoRA(LoRAMethod):
         return method
 
 
-class LoRAImageBackend(Backend):
+class LoRAImageBackend(ImageAdaptedBackend):
     """``base`` whose images go through ``adapted`` (a copy with a LoRA image tower); its
     image fingerprint covers ``base``'s image weights and the adapter's tensors."""
 
     def __init__(self, base: Backend, adapted: Backend, lora: dict[str, torch.Tensor]) -> None:
-        self.base = base
         self.adapted = adapted
-        self.lora = [lora[k] for k in sorted(lora)]
-        self.info = base.info
-        self.preprocess = base.preprocess
-        self.preprocess_description = base.preprocess_description
-        self.embed_dim = base.embed_dim
-        self.logit_scale = base.logit_scale
-        self.device = base.device
+        super().__init__(base, [lora[k] for k in sorted(lora)])
 
     def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.adapted.encode_image_batch(pixels)
-
-    def encode_text_batch(self, texts: list[str]) -> torch.Tensor:
-        return self.base.encode_text_batch(texts)
-
-    def weight_tensors(self, tower: str) -> Iterable[torch.Tensor]:
-        extra = self.lora if tower == "image" else []
-        return [*self.base.weight_tensors(tower), *extra]
-
-    @property
-    def text_fingerprint(self) -> str:
-        return self.base.text_fingerprint  # texts go through ``base`` unchanged
 
 
 def lora_image_tower(backend: Backend, method: str) -> tuple[torch.nn.Module, list[str]]:

@@ -11,7 +11,6 @@ sees ``x + v``. The towers stay frozen and the class embeddings are the zero-sho
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, ClassVar, Self
 
 import torch
@@ -26,34 +25,21 @@ from clipadapt.methods.common import (
 )
 from clipadapt.methods.prompting.base import TowerMethod, frozen
 from clipadapt.methods.prompting.images import SupportPixels, require_backend, require_paths
-from clipadapt.models.base import Backend
+from clipadapt.models.base import Backend, ImageAdaptedBackend
 from clipadapt.models.prompt_access import backend_modules
 
 KINDS = ("padding", "patch")
 
 
-class PromptedImageBackend(Backend):
+class PromptedImageBackend(ImageAdaptedBackend):
     """``base`` with a pixel prompt added to every preprocessed image before the image tower."""
 
     def __init__(self, base: Backend, prompt: torch.Tensor) -> None:
-        self.base = base
         self.prompt = prompt.to(base.device)
-        self.info = base.info
-        self.preprocess = base.preprocess
-        self.preprocess_description = base.preprocess_description
-        self.embed_dim = base.embed_dim
-        self.logit_scale = base.logit_scale
-        self.device = base.device
+        super().__init__(base, [self.prompt])
 
     def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.base.encode_image_batch(pixels + self.prompt)
-
-    def encode_text_batch(self, texts: list[str]) -> torch.Tensor:
-        return self.base.encode_text_batch(texts)
-
-    def weight_tensors(self, tower: str) -> Iterable[torch.Tensor]:
-        extra = [self.prompt] if tower == "image" else []
-        return [*self.base.weight_tensors(tower), *extra]
 
 
 def prompt_mask(kind: str, size: int, height: int, width: int) -> torch.Tensor:
