@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,7 +78,20 @@ class PromptableText(ABC):
         return Tokens(ids[:, :length].to(device), mask[:, :length].to(device))
 
 
-class LiteText(PromptableText):
+class _HFTokenized(PromptableText):
+    """Text towers tokenised by a Hugging Face tokenizer (``self.tokenizer``)."""
+
+    tokenizer: Any
+
+    def _ids(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.tokenizer(texts, padding=True, return_tensors="pt")
+        return out["input_ids"], out["attention_mask"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.tokenize(text))
+
+
+class LiteText(_HFTokenized):
     """The built-in MiniLM tower: BERT word embeddings, mean pooling, the kernel map."""
 
     specials = 2  # [CLS] ... [SEP]
@@ -92,13 +106,6 @@ class LiteText(PromptableText):
         self.module = tower
         self.max_length = MAX_TOKENS
         self.width = int(self.bert.config.hidden_size)
-
-    def _ids(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.tokenizer(texts, padding=True, return_tensors="pt")
-        return out["input_ids"], out["attention_mask"]
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.tokenize(text))
 
     def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
         return self.bert.embeddings.word_embeddings(ids)
@@ -158,7 +165,7 @@ class OpenClipText(PromptableText):
         return projection(x) if isinstance(projection, nn.Linear) else x @ projection
 
 
-class HFText(PromptableText):
+class HFText(_HFTokenized):
     """transformers' CLIPModel: its text model, fed input embeddings, and text projection."""
 
     specials = 2
@@ -172,13 +179,6 @@ class HFText(PromptableText):
         self.module = nn.ModuleList([model.text_model, model.text_projection])
         self.max_length = int(model.config.text_config.max_position_embeddings)
         self.width = int(model.config.text_config.hidden_size)
-
-    def _ids(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.tokenizer(texts, padding=True, return_tensors="pt")
-        return out["input_ids"], out["attention_mask"]
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.tokenize(text))
 
     def token_embedding(self, ids: torch.Tensor) -> torch.Tensor:
         return self.text_model.embeddings.token_embedding(ids)
