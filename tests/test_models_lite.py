@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
+import torch.nn.functional as F
 
 from clipadapt.models.base import hash_tensors
-from clipadapt.models.efficientnet_lite import EfficientNetLite0
+from clipadapt.models.efficientnet_lite import EfficientNetLite0, SameConv2d
 from clipadapt.models.lite import (
     efficientnet_weights_path,
     load_image_tower,
@@ -32,6 +36,70 @@ def test_batchnorm_fusion_keeps_outputs():
         before = net.forward_features(x)
         after = net.fuse_batchnorm().forward_features(x)
     assert torch.allclose(before, after, atol=1e-4)
+
+
+def tf_same_conv(conv: SameConv2d, x: torch.Tensor) -> torch.Tensor:
+    """Reference: TensorFlow SAME padding as an explicit ``F.pad``, then an unpadded conv."""
+    pads = []
+    for size, k, s in zip(x.shape[-2:], conv.kernel_size, conv.stride, strict=True):
+        total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+        pads.append((total // 2, total - total // 2))
+    (top, bottom), (left, right) = pads
+    x = F.pad(x, (left, right, top, bottom))
+    return F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+
+def reference_forward_features(net: EfficientNetLite0, x: torch.Tensor) -> torch.Tensor:
+    """The tower as written before issue 14: explicit padding, out-of-place ReLU6 and add."""
+    x = F.relu6(net._bn0(tf_same_conv(net._conv_stem, x)))
+    for block in net._blocks:
+        h = x
+        if block.has_expand:
+            h = F.relu6(block._bn0(tf_same_conv(block._expand_conv, h)))
+        h = F.relu6(block._bn1(tf_same_conv(block._depthwise_conv, h)))
+        h = block._bn2(tf_same_conv(block._project_conv, h))
+        x = h + x if block.residual else h
+    x = F.relu6(net._bn1(tf_same_conv(net._conv_head, x)))
+    return x.mean(dim=(-2, -1))
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(1, 1), (3, 1), (5, 1), (3, 2), (5, 2)])
+@pytest.mark.parametrize("size", [7, 8])
+def test_same_conv_pads_like_tensorflow(kernel, stride, size):
+    conv = SameConv2d(4, 4, kernel, stride, groups=4)
+    x = torch.randn(2, 4, size, size + 1, generator=torch.Generator().manual_seed(size))
+    with torch.no_grad():
+        out, expected = conv(x), tf_same_conv(conv, x)
+    assert (
+        out.shape
+        == expected.shape
+        == (2, 4, math.ceil(size / stride), math.ceil((size + 1) / stride))
+    )
+    assert torch.allclose(out, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [224, 97])
+def test_tower_forward_equals_the_explicit_padding_reference(size):
+    net = load_image_tower().fuse_batchnorm().to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(size)
+    x = (torch.rand(2, 3, size, size, generator=g) * 2 - 1).contiguous(
+        memory_format=torch.channels_last
+    )
+    x_before = x.clone()
+    with torch.inference_mode():
+        out, expected = net.forward_features(x), reference_forward_features(net, x)
+    assert torch.equal(x, x_before)  # the in-place steps never write the caller's tensor
+    assert torch.allclose(out, expected, rtol=0, atol=1e-5)  # bit-identical where measured
+
+
+def test_tower_gradients_equal_the_reference():
+    """Pixel prompts backpropagate through the tower: in-place steps must keep autograd right."""
+    net = load_image_tower()
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(1, 3, 64, 64, generator=g) * 2 - 1).requires_grad_()
+    (grad,) = torch.autograd.grad(net.forward_features(x).square().sum(), x)
+    (expected,) = torch.autograd.grad(reference_forward_features(net, x).square().sum(), x)
+    assert torch.allclose(grad, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
 
 
 def test_relu6_moments_match_monte_carlo():

@@ -27,18 +27,36 @@ BN_EPS = 1e-3
 FEATURE_DIM = 1280
 
 
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's ``padding="SAME"`` for one dimension: (before, after)."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
 class SameConv2d(nn.Conv2d):
-    """Conv2d that pads like TensorFlow's ``padding="SAME"`` for any input size."""
+    """Conv2d that pads like TensorFlow's ``padding="SAME"`` for any input size.
+
+    With stride 1 and an odd kernel, SAME padding is ``(k - 1) / 2`` on every side whatever
+    the input size, so the convolution pads by itself; otherwise (stride 2, where SAME can be
+    asymmetric) the input is padded explicitly, which copies it.
+    """
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1
+    ) -> None:
+        self.static_padding = stride == 1 and kernel % 2 == 1
+        padding = (kernel - 1) // 2 if self.static_padding else 0
+        super().__init__(c_in, c_out, kernel, stride, padding, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride, strict=True):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pads.append((total // 2, total - total // 2))
-        (top, bottom), (left, right) = pads
-        if top or bottom or left or right:
-            x = F.pad(x, (left, right, top, bottom))
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        if not self.static_padding:
+            (top, bottom), (left, right) = (
+                same_padding(size, k, s)
+                for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride, strict=True)
+            )
+            if top or bottom or left or right:
+                x = F.pad(x, (left, right, top, bottom))
+        return self._conv_forward(x, self.weight, self.bias)
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -53,23 +71,23 @@ class MBConvBlock(nn.Module):
         hidden = c_in * expand
         self.has_expand = expand != 1
         if self.has_expand:
-            self._expand_conv = SameConv2d(c_in, hidden, 1, bias=False)
+            self._expand_conv = SameConv2d(c_in, hidden, 1)
             self._bn0 = _bn(hidden)
-        self._depthwise_conv = SameConv2d(
-            hidden, hidden, kernel, stride=stride, groups=hidden, bias=False
-        )
+        self._depthwise_conv = SameConv2d(hidden, hidden, kernel, stride, groups=hidden)
         self._bn1 = _bn(hidden)
-        self._project_conv = SameConv2d(hidden, c_out, 1, bias=False)
+        self._project_conv = SameConv2d(hidden, c_out, 1)
         self._bn2 = _bn(c_out)
         self.residual = stride == 1 and c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In place on tensors this block just made (``x`` itself is never written): the same
+        # values as out-of-place ops without a fresh activation-sized buffer each time.
         h = x
         if self.has_expand:
-            h = F.relu6(self._bn0(self._expand_conv(h)))
-        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+            h = F.relu6(self._bn0(self._expand_conv(h)), inplace=True)
+        h = F.relu6(self._bn1(self._depthwise_conv(h)), inplace=True)
         h = self._bn2(self._project_conv(h))
-        return h + x if self.residual else h
+        return h.add_(x) if self.residual else h
 
 
 class EfficientNetLite0(nn.Module):
@@ -80,7 +98,7 @@ class EfficientNetLite0(nn.Module):
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
-        self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
+        self._conv_stem = SameConv2d(3, 32, 3, stride=2)
         self._bn0 = _bn(32)
         blocks = []
         for expand, kernel, stride, c_in, c_out, repeats in LITE0_STAGES:
@@ -91,15 +109,15 @@ class EfficientNetLite0(nn.Module):
                     )
                 )
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SameConv2d(320, FEATURE_DIM, 1, bias=False)
+        self._conv_head = SameConv2d(320, FEATURE_DIM, 1)
         self._bn1 = _bn(FEATURE_DIM)
         self._fc = nn.Linear(FEATURE_DIM, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         for block in self._blocks:
             x = block(x)
-        x = F.relu6(self._bn1(self._conv_head(x)))
+        x = F.relu6(self._bn1(self._conv_head(x)), inplace=True)
         return x.mean(dim=(-2, -1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
