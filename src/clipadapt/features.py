@@ -1,34 +1,60 @@
 """Batched feature extraction with parallel decoding, through the feature cache.
 
-Images are hashed by content, looked up in the cache, and only the missing ones are decoded
-(in a thread pool, a bounded number ahead of the model) and encoded. A warm cache therefore
-does no model forward at all.
+With a cache, every file is stat-ed and its content hash taken from this process's memory
+or the cache's index of file hashes while its stamp is unchanged, else read and hashed (a
+chunk of files per worker task); cached features are then fetched in bulk. A warm cache
+therefore reads no image, decodes nothing and runs no model forward.
+
+Images without a cached feature are read once, hashed and decoded from those same bytes
+(in a thread pool, a bounded number ahead of the model), encoded, and stored under the hash
+of the bytes decoded: a file replaced at any moment can never put one version's feature
+under another version's hash.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from clipadapt.data.errors import ImageDecodeError
-from clipadapt.data.images import content_hash, decode_image
+from clipadapt.data.images import (
+    content_hash,
+    file_stamp,
+    hash_file,
+    load_image,
+    remember_hash,
+    remembered_hash,
+    stat_image,
+)
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.models.base import Backend
+from clipadapt.paths import display_path
 from clipadapt.views import CENTER, view_key, view_transform
 
+__all__ = ["DEFAULT_BATCH", "Features", "content_hash", "default_workers", "extract_features"]
+
 DEFAULT_BATCH = 64
+HASH_CHUNK = 256  # files per worker task when stat-ing and hashing
+
+T = TypeVar("T")
+Reject = Callable[[int, ImageDecodeError], None]
 
 
 @dataclass
 class Features:
-    """Embeddings of the images that could be read, in input order."""
+    """Embeddings of the images that could be read, in input order.
+
+    ``skipped`` lists ``{"path", "reason"}`` (the path as ``display_path`` prints it) for
+    every input left out, in input order.
+    """
 
     features: torch.Tensor  # (n_ok, D), L2-normalised
     indices: list[int]  # positions in the input list of each row
@@ -52,81 +78,129 @@ def extract_features(
     skip_bad: bool = False,
     progress: bool = True,
 ) -> Features:
-    """Embed ``paths`` under ``view``; bad images raise, or are skipped when ``skip_bad``."""
+    """Embed ``paths`` under ``view``; bad images raise, or are skipped when ``skip_bad``.
+
+    Missing, empty (0-byte) and undecodable files raise ``ImageDecodeError`` naming the
+    file, or with ``skip_bad`` are left out and listed in ``Features.skipped``.
+    """
     workers = workers or default_workers()
     transform = view_transform(backend.preprocess, view)
     model_key, key = backend.image_fingerprint, view_key(view)
-    skipped: list[dict[str, str]] = []
-    hashes: dict[int, str] = {}
-    with ThreadPoolExecutor(workers) as pool:
-        for i, result in enumerate(pool.map(_try(content_hash), paths)):
-            if isinstance(result, ImageDecodeError):
-                _fail_or_skip(result, skip_bad, skipped)
-            else:
-                hashes[i] = result
-        found = cache.get_many(model_key, key, list(hashes.values())) if cache else {}
-        todo = [i for i in hashes if hashes[i] not in found]
-        store = None
-        if cache is not None:
+    names = [os.fspath(p) for p in paths]
+    skipped: dict[int, dict[str, str]] = {}
 
-            def store(items: list[tuple[int, np.ndarray]]) -> None:
-                cache.put_many(
-                    model_key, backend.info.spec, key, [(hashes[i], v) for i, v in items]
-                )
+    def reject(i: int, err: ImageDecodeError) -> None:
+        if not skip_bad:
+            raise err
+        skipped[i] = {"path": display_path(names[i]), "reason": err.reason}
+
+    with ThreadPoolExecutor(workers) as pool:
+        if cache is None:
+            hashes: dict[int, str] = {}
+            found: dict[str, np.ndarray] = {}
+            todo = list(range(len(names)))
+            store = None
+        else:
+            hashes = _content_hashes(names, cache, pool, workers, reject)
+            found = cache.get_many(model_key, key, list(hashes.values()))
+            todo = [i for i, digest in hashes.items() if digest not in found]
+
+            def store(items: list[tuple[str, np.ndarray]]) -> None:
+                cache.put_many(model_key, backend.info.spec, key, items)
 
         computed = _encode_missing(
-            backend,
-            paths,
-            todo,
-            hashes,
-            transform,
-            pool,
-            batch_size,
-            store,
-            skip_bad,
-            skipped,
-            progress,
+            backend, names, todo, transform, pool, batch_size, store, reject, progress
         )
-    vectors = {i: found.get(hashes[i], computed.get(i)) for i in hashes}
-    ok = [i for i in sorted(vectors) if vectors[i] is not None]
+    rows = {i: found[digest] for i, digest in hashes.items() if digest in found} | computed
+    ok = sorted(rows)
     dim = backend.embed_dim
-    stacked = np.stack([vectors[i] for i in ok]) if ok else np.zeros((0, dim), np.float32)
+    stacked = np.stack([rows[i] for i in ok]) if ok else np.zeros((0, dim), np.float32)
     return Features(
         features=torch.from_numpy(stacked.astype(np.float32, copy=False)),
         indices=ok,
-        skipped=skipped,
-        cached=len(hashes) - len(todo),
+        skipped=[skipped[i] for i in sorted(skipped)],
+        cached=len(rows) - len(computed),
         computed=len(computed),
     )
 
 
-def _try(fn):
-    def wrapped(*args):
-        try:
-            return fn(*args)
-        except ImageDecodeError as err:
-            return err
+def _content_hashes(
+    names: list[str], cache: FeatureCache, pool: ThreadPoolExecutor, workers: int, reject: Reject
+) -> dict[int, str]:
+    """sha256 of every readable file: remembered, found in the cache's index, or read.
 
-    return wrapped
+    Newly read hashes whose stamps can be trusted go into the index in one transaction.
+    """
+    stamps: dict[int, str] = {}
+    for i, stamp in enumerate(_map_chunked(pool, workers, _stamp, names)):
+        if isinstance(stamp, ImageDecodeError):
+            reject(i, stamp)
+        else:
+            stamps[i] = stamp
+    hashes = {i: digest for i, s in stamps.items() if (digest := remembered_hash(names[i], s))}
+    indexed = cache.file_hashes({names[i]: s for i, s in stamps.items() if i not in hashes})
+    for i, stamp in stamps.items():
+        if i not in hashes and names[i] in indexed:
+            hashes[i] = indexed[names[i]]
+            remember_hash(names[i], stamp, hashes[i])
+    unread = [i for i in stamps if i not in hashes]
+    read = _map_chunked(pool, workers, hash_file, [names[i] for i in unread])
+    fresh = []
+    for i, result in zip(unread, read, strict=True):
+        if isinstance(result, ImageDecodeError):
+            reject(i, result)
+            continue
+        hashes[i], stamp = result
+        if stamp is not None:
+            fresh.append((names[i], stamp, hashes[i]))
+    cache.record_file_hashes(fresh)
+    return hashes
 
 
-def _fail_or_skip(err: ImageDecodeError, skip_bad: bool, skipped: list[dict[str, str]]) -> None:
-    if not skip_bad:
-        raise err
-    skipped.append({"path": str(err.path), "reason": err.reason})
+def _stamp(name: str) -> str:
+    return file_stamp(stat_image(name))
+
+
+def _map_chunked(
+    pool: ThreadPoolExecutor, workers: int, fn: Callable[[str], T], names: list[str]
+) -> list[T | ImageDecodeError]:
+    """``fn`` over ``names`` in the pool, one task per chunk; errors returned, not raised."""
+
+    def run(chunk: list[str]) -> list[T | ImageDecodeError]:
+        out: list[T | ImageDecodeError] = []
+        for name in chunk:
+            try:
+                out.append(fn(name))
+            except ImageDecodeError as err:
+                out.append(err)
+        return out
+
+    size = max(1, min(HASH_CHUNK, -(-len(names) // (4 * workers))))
+    chunks = [names[start : start + size] for start in range(0, len(names), size)]
+    return [result for part in pool.map(run, chunks) for result in part]
 
 
 def _encode_missing(
-    backend, paths, todo, hashes, transform, pool, batch_size, store, skip_bad, skipped, progress
+    backend: Backend,
+    names: list[str],
+    todo: list[int],
+    transform: Callable,
+    pool: ThreadPoolExecutor,
+    batch_size: int,
+    store: Callable[[list[tuple[str, np.ndarray]]], None] | None,
+    reject: Reject,
+    progress: bool,
 ) -> dict[int, np.ndarray]:
-    """Decode ``todo`` images in the pool, a bounded window ahead, and encode them in batches.
+    """Load ``todo`` images in the pool, a bounded window ahead, and encode them in batches.
 
-    Each encoded batch goes to ``store`` (the cache) at once, in its own transaction.
+    Each encoded batch goes to ``store`` (the cache) at once, in its own transaction, keyed
+    by the hash of the very bytes that were decoded.
     """
 
-    def load(i: int) -> torch.Tensor | ImageDecodeError:
+    def load(i: int) -> tuple[str, torch.Tensor] | ImageDecodeError:
         try:
-            return transform(decode_image(paths[i]), hashes[i])
+            image, digest = load_image(names[i])
+            return digest, transform(image, digest)
         except ImageDecodeError as err:
             return err
 
@@ -138,33 +212,33 @@ def _encode_missing(
         pending.append((i, pool.submit(load, i)))
         if len(pending) >= window:
             break
-    bar = tqdm(
+    batch_ids: list[int] = []
+    digests: list[str] = []
+    batch: list[torch.Tensor] = []
+    with tqdm(
         total=len(todo),
         desc=f"embed {backend.info.spec}",
         unit="img",
         disable=not (progress and todo),
-    )
-    batch_ids: list[int] = []
-    batch: list[torch.Tensor] = []
-    while pending:
-        i, future = pending.popleft()
-        nxt = next(feed, None)
-        if nxt is not None:
-            pending.append((nxt, pool.submit(load, nxt)))
-        result = future.result()
-        if isinstance(result, ImageDecodeError):
-            _fail_or_skip(result, skip_bad, skipped)
-            bar.update(1)
-        else:
-            batch_ids.append(i)
-            batch.append(result)
-        if len(batch) == batch_size or (not pending and batch):
-            vectors = backend.encode_images(torch.stack(batch)).numpy()
-            items = list(zip(batch_ids, vectors, strict=True))
-            out.update(items)
-            if store is not None:
-                store(items)
-            bar.update(len(batch))
-            batch_ids, batch = [], []
-    bar.close()
+    ) as bar:
+        while pending:
+            i, future = pending.popleft()
+            nxt = next(feed, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(load, nxt)))
+            result = future.result()
+            if isinstance(result, ImageDecodeError):
+                reject(i, result)
+                bar.update(1)
+            else:
+                batch_ids.append(i)
+                digests.append(result[0])
+                batch.append(result[1])
+            if len(batch) == batch_size or (not pending and batch):
+                vectors = backend.encode_images(torch.stack(batch)).numpy()
+                out.update(zip(batch_ids, vectors, strict=True))
+                if store is not None:
+                    store(list(zip(digests, vectors, strict=True)))
+                bar.update(len(batch))
+                batch_ids, digests, batch = [], [], []
     return out

@@ -19,6 +19,9 @@ from PIL import Image
 from torch import nn
 
 TEXT_CHUNK = 256  # texts per forward pass: 1,000 classes x many templates stay within memory
+IMAGE_DECODING = "decode2: exif orientation, high bit depth scaled"
+"""What ``clipadapt.data.images.decode_image`` does, part of every image fingerprint: changing
+the decoding changes the features, so the feature cache must never serve older entries."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class Backend(ABC):
         if not hasattr(self, "_image_fp"):
             self._image_fp = hash_tensors(
                 self.weight_tensors("image"),
-                extra=f"{type(self).__name__}|{self.preprocess_description}",
+                extra=f"{type(self).__name__}|{self.preprocess_description}|{IMAGE_DECODING}",
             )
         return self._image_fp
 
