@@ -104,7 +104,7 @@ def test_empty_class_is_an_error_or_skipped(tmp_path: Path) -> None:
     assert str(root / "dog") in str(info.value)
     dataset = load_image_folder(root, skip_bad=True)
     assert dataset.class_ids == ["cat"] and len(dataset) == 2
-    assert dataset.skipped == [{"path": str(root / "dog"), "reason": "no images: class dropped"}]
+    assert dataset.skipped == [{"path": str(root / "dog"), "reason": "class dropped: no images"}]
 
 
 def test_zero_byte_image_is_an_error_or_skipped(tmp_path: Path) -> None:
@@ -278,11 +278,11 @@ def test_fingerprint_tracks_files_and_classnames(tmp_path: Path) -> None:
 def test_load_dataset_dispatch(tmp_path: Path) -> None:
     folder = make_folder(tmp_path / "folder", {"a": 1, "b": 1})
     assert isinstance(load_dataset(folder), ImageDataset)
-    make_folder(tmp_path / "domains" / "x", {"a": 1})
-    make_folder(tmp_path / "domains" / "y", {"a": 1})
+    make_folder(tmp_path / "domains" / "x", {"a": 1, "b": 1})
+    make_folder(tmp_path / "domains" / "y", {"a": 1, "b": 1})
     assert sorted(load_dataset(tmp_path / "domains")) == ["x", "y"]
-    csv_path = write_csv(tmp_path / "l.csv", [["filepath", "label"], ["folder/a/000.png", "a"]])
-    assert load_dataset(str(csv_path)).class_ids == ["a"]
+    rows = [["filepath", "label"], ["folder/a/000.png", "a"], ["folder/b/000.png", "b"]]
+    assert load_dataset(str(write_csv(tmp_path / "l.csv", rows))).class_ids == ["a", "b"]
     with pytest.raises(DatasetError, match=r"does not exist; expected a \.csv file"):
         load_dataset(tmp_path / "nope")
     with pytest.raises(DatasetError, match="unknown builtin dataset 'nope'"):

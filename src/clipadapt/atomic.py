@@ -39,7 +39,10 @@ def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], Any]) -
 
 
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> Path:
-    return atomic_write(target, lambda p: p.write_text(text))
+    """Write ``text`` as UTF-8; surrogate-escaped file names go back to their original bytes."""
+    return atomic_write(
+        target, lambda p: p.write_text(text, encoding="utf-8", errors="surrogateescape")
+    )
 
 
 def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> Path:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from clipadapt.data.errors import DatasetError, quoted
+from clipadapt.paths import display_path
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _DIGITS = {str(i): word for i, word in enumerate(DIGIT_WORDS)}
@@ -16,11 +17,12 @@ def default_classnames(class_ids: Sequence[str]) -> list[str]:
     """The class ids themselves, except that single digits 0-9 become English words.
 
     Digit folders (MNIST-style ``0``..``9``) read badly in prompts ("a photo of a 3"), so when
-    every class id is a single digit they are named "zero".."nine".
+    every class id is a single digit they are named "zero".."nine". Bytes of a folder name
+    that are not UTF-8 read ``\\xe9`` (``display_path``), so that prompts can be encoded.
     """
     if class_ids and all(cid in _DIGITS for cid in class_ids):
         return [_DIGITS[cid] for cid in class_ids]
-    return list(class_ids)
+    return [display_path(cid) for cid in class_ids]
 
 
 def read_classnames_file(path: Path) -> dict[str, str]:
@@ -69,7 +71,7 @@ def resolve_classnames(
     if missing:
         raise DatasetError(
             f"{source} has no name for {quoted(missing)} (from the {keys}); add an entry "
-            f'such as "{missing[0]}": "<name used in prompts>" for each'
+            f'such as {json.dumps(missing[0])}: "<name used in prompts>" for each'
         )
     names = [mapping[cid] for cid in class_ids]
     clashes = sorted({n for n in names if names.count(n) > 1})

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from pathlib import Path
 
 from clipadapt.data.classnames import read_classnames_file, resolve_classnames
-from clipadapt.data.dataset import UNLABELED, ImageDataset, Sample
+from clipadapt.data.dataset import CLASS_DROPPED, UNLABELED, ImageDataset, Sample
 from clipadapt.data.errors import DatasetError, quoted
+from clipadapt.paths import display_path
 
 DEFAULT_LABEL_COLUMN = "label"
 DEFAULT_CAPTION_COLUMN = "title"
@@ -35,7 +37,8 @@ def load_csv(
 
     A row with an empty path or label, a missing or empty (0-byte) file, or (in a labelled
     CSV) the same image as an earlier row is an error naming the line; with ``skip_bad`` the
-    row is skipped and recorded in ``dataset.skipped``. Images are not decoded here.
+    row is skipped and recorded in ``dataset.skipped``, and so is a label none of whose rows
+    was usable (reason ``class dropped: ...``). Images are not decoded here.
     """
     csv_path = Path(os.path.abspath(csv_path))
     if len(sep) != 1:
@@ -61,12 +64,15 @@ def load_csv(
                 csv_path, reader.fieldnames, path_column, label_column, caption_column, sep
             )
             first_line: dict[Path, int] = {}
+            rows_per_label: Counter[str] = Counter()
             for row in reader:
                 line = reader.line_num
                 path_text = (row.get(path_column) or "").strip()
                 label = (row.get(label_column) or "").strip() if has_label else None
                 caption = ((row.get(caption_column) or "").strip() or None) if has_caption else None
                 path = Path(os.path.abspath(base / path_text))
+                if label:
+                    rows_per_label[label] += 1
                 if not path_text:
                     reject(line, path_text, f"empty {path_column!r}")
                 elif not path.is_file():
@@ -94,6 +100,15 @@ def load_csv(
         raise DatasetError(f"{csv_path} is not a readable CSV ({exc})") from exc
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{csv_path} is not UTF-8 text ({exc}); save it as UTF-8") from exc
+    kept = Counter(label for _, label, _ in rows)
+    skipped += [
+        {
+            "path": display_path(csv_path),
+            "reason": f"{CLASS_DROPPED}: no usable row of {n} for {label!r}",
+        }
+        for label, n in sorted(rows_per_label.items())
+        if not kept[label]
+    ]
     if not rows:
         raise DatasetError(f"{csv_path} lists no usable images")
 

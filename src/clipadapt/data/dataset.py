@@ -18,6 +18,8 @@ from clipadapt.data.images import content_hash
 
 UNLABELED = -1
 """``Sample.label`` of a caption-only CSV row (the dataset then has no classes)."""
+CLASS_DROPPED = "class dropped"
+"""How a ``skipped`` reason starts when a whole class was left out (all its input unusable)."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,8 @@ class ImageDataset:
 
     ``class_ids`` are the raw class keys (folder names or CSV labels), sorted; ``classnames``
     are the matching human names used in prompts; ``Sample.label`` indexes both.
-    ``skipped`` lists ``{"path", "reason"}`` for input dropped because ``skip_bad`` was set.
+    ``skipped`` lists ``{"path", "reason"}`` for input dropped because ``skip_bad`` was set,
+    including classes left without usable images (reason ``class dropped: ...``).
     """
 
     name: str

@@ -6,6 +6,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from clipadapt.paths import display_path
+
 
 class DatasetError(ValueError):
     """A dataset folder, CSV, classnames file or split file that cannot be used as given."""
@@ -18,7 +20,7 @@ class ImageDecodeError(DatasetError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(
-            f"cannot decode image {self.path}: {reason}; "
+            f"cannot decode image {display_path(self.path)}: {reason}; "
             "remove or replace the file, or pass --skip-bad to skip it"
         )
 

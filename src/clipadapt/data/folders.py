@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 from clipadapt.data.classnames import read_classnames_file, resolve_classnames
-from clipadapt.data.dataset import ImageDataset, Sample
+from clipadapt.data.dataset import CLASS_DROPPED, ImageDataset, Sample
 from clipadapt.data.errors import DatasetError, quoted
-from clipadapt.data.images import IMAGE_EXTENSIONS, is_image_file
+from clipadapt.data.images import EMPTY_FILE, IMAGE_EXTENSIONS, is_image_file
+from clipadapt.paths import display_path
 
 CLASSNAMES_FILE = "classnames.json"
 IMAGE_FOLDER_LAYOUT = "one sub-folder per class holding its images, e.g. <root>/dog/001.jpg"
@@ -30,10 +31,15 @@ def load_image_folder(
     ``root/classnames.json`` when present), a JSON object mapping every folder name to a
     human name; without one, the folder names are used, except that single-digit folders
     ``0``..``9`` become "zero".."nine". An empty class folder or an empty (0-byte) image is an
-    error; with ``skip_bad`` it is dropped and recorded in ``dataset.skipped``.
+    error; with ``skip_bad`` it is dropped and recorded in ``dataset.skipped`` (a class left
+    without images as ``class dropped: ...``). Folder and file names need not be UTF-8:
+    paths keep their bytes, while dataset, domain and default class names show them as
+    ``\\xff`` (``display_path``).
     """
     root = Path(os.path.abspath(root))
-    return _load_folder(root, root.name, _optional(classnames_file), skip_bad, domain=None)
+    return _load_folder(
+        root, display_path(root.name), _optional(classnames_file), skip_bad, domain=None
+    )
 
 
 def load_domain_folders(
@@ -75,11 +81,12 @@ def load_domain_folders(
     names_file = _optional(classnames_file)
     if names_file is None and (root / CLASSNAMES_FILE).is_file():
         names_file = root / CLASSNAMES_FILE
-    datasets = {
-        d.name: _load_folder(d, f"{root.name}/{d.name}", names_file, skip_bad, domain=d.name)
-        for d in domains
-    }
-    first = datasets[domains[0].name]
+    datasets: dict[str, ImageDataset] = {}
+    for folder in domains:
+        domain = display_path(folder.name)
+        name = f"{display_path(root.name)}/{domain}"
+        datasets[domain] = _load_folder(folder, name, names_file, skip_bad, domain=domain)
+    first = next(iter(datasets.values()))
     for dataset in datasets.values():
         if (dataset.class_ids, dataset.classnames) != (first.class_ids, first.classnames):
             raise DatasetError(
@@ -131,11 +138,14 @@ def _load_folder(
     samples: list[Sample] = []
     skipped: list[dict] = []
     for class_dir, class_id, class_name in zip(class_dirs, class_ids, names, strict=True):
+        empty_before = len(skipped)
         images = _list_images(class_dir, skip_bad, skipped)
         if not images:
             if not skip_bad:
                 raise DatasetError(_empty_class_message(root, class_dir))
-            skipped.append({"path": str(class_dir), "reason": "no images: class dropped"})
+            empty = len(skipped) - empty_before
+            why = f"all {empty} of its images are empty files" if empty else "no images"
+            skipped.append({"path": display_path(class_dir), "reason": f"{CLASS_DROPPED}: {why}"})
             continue
         label = len(kept_ids)
         kept_ids.append(class_id)
@@ -152,10 +162,10 @@ def _list_images(class_dir: Path, skip_bad: bool, skipped: list[dict]) -> list[P
         if path.stat().st_size > 0:
             images.append(path)
         elif skip_bad:
-            skipped.append({"path": str(path), "reason": "empty file (0 bytes)"})
+            skipped.append({"path": display_path(path), "reason": EMPTY_FILE})
         else:
             raise DatasetError(
-                f"image file {path} is empty (0 bytes); remove or replace the file, "
+                f"image file {display_path(path)} is empty (0 bytes); remove or replace the file, "
                 "or pass --skip-bad to skip it"
             )
     return images
@@ -163,7 +173,7 @@ def _list_images(class_dir: Path, skip_bad: bool, skipped: list[dict]) -> list[P
 
 def _empty_class_message(root: Path, class_dir: Path) -> str:
     message = (
-        f"class folder {class_dir} has no images "
+        f"class folder {display_path(class_dir)} has no images "
         f"(extensions {', '.join(sorted(IMAGE_EXTENSIONS))}); add images, remove the folder, "
         "or pass --skip-bad to drop the class"
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 from clipadapt.data.builtin import BUILTIN_DATASETS, load_builtin
 from clipadapt.data.csvfile import load_csv
-from clipadapt.data.dataset import ImageDataset
+from clipadapt.data.dataset import CLASS_DROPPED, ImageDataset
 from clipadapt.data.errors import DatasetError, quoted
 from clipadapt.data.folders import (
     DOMAIN_LAYOUT,
@@ -18,6 +18,7 @@ from clipadapt.data.folders import (
     load_image_folder,
     subdirectories,
 )
+from clipadapt.paths import display_path
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -27,6 +28,7 @@ def load_dataset(
     *,
     classnames_file: str | os.PathLike[str] | None = None,
     skip_bad: bool = False,
+    min_classes: int = 2,
     **csv_options: Any,
 ) -> ImageDataset | dict[str, ImageDataset]:
     """Load ``builtin:<name>``, a ``.csv`` file, an image folder or a domain-folders root.
@@ -36,7 +38,23 @@ def load_dataset(
     root (``root/<domain>/<class>/<image>``) and gives a ``{domain: ImageDataset}`` dict.
     ``csv_options`` (``path_column``, ``label_column``, ``caption_column``, ``sep``) apply to
     CSV files only; ``classnames_file`` does not apply to builtin datasets.
+
+    A labelled dataset with fewer than ``min_classes`` classes is an error: with one class
+    every prediction is right. Pass ``min_classes=1`` where classes do not matter (a set of
+    out-of-distribution images). Caption-only CSVs have no classes and are not checked.
     """
+    loaded = _load(spec, classnames_file, skip_bad, csv_options)
+    for dataset in loaded.values() if isinstance(loaded, dict) else [loaded]:
+        _require_classes(dataset, min_classes)
+    return loaded
+
+
+def _load(
+    spec: str | os.PathLike[str],
+    classnames_file: str | os.PathLike[str] | None,
+    skip_bad: bool,
+    csv_options: dict[str, Any],
+) -> ImageDataset | dict[str, ImageDataset]:
     if isinstance(spec, str) and spec.startswith(BUILTIN_PREFIX):
         if classnames_file is not None or csv_options:
             raise DatasetError(
@@ -60,3 +78,16 @@ def load_dataset(
     if not any(has_images(d) for d in folders) and any(subdirectories(d) for d in folders):
         return load_domain_folders(path, classnames_file=classnames_file, skip_bad=skip_bad)
     return load_image_folder(path, classnames_file=classnames_file, skip_bad=skip_bad)
+
+
+def _require_classes(dataset: ImageDataset, min_classes: int) -> None:
+    if not dataset.is_labeled or len(dataset.class_ids) >= min_classes:
+        return
+    dropped = [s["path"] for s in dataset.skipped if s["reason"].startswith(CLASS_DROPPED)]
+    because = f"; --skip-bad dropped {quoted(dropped)} as unusable" if dropped else ""
+    raise DatasetError(
+        f"dataset {dataset.name!r} at {display_path(dataset.root)} has only "
+        f"{len(dataset.class_ids)} class(es) ({quoted(dataset.classnames)}){because}; telling "
+        f"classes apart needs at least {min_classes}, and with one every prediction is "
+        "right: add a folder (or label) per class"
+    )

@@ -377,7 +377,8 @@ def _indices_by_class(dataset: ImageDataset, pool: Iterable[int]) -> list[list[i
 
 
 def _shuffled(group: Sequence[int], seed: int, class_id: str, stream: int) -> list[int]:
-    rng = np.random.default_rng([seed, zlib.crc32(class_id.encode()), stream])
+    name = class_id.encode("utf-8", "surrogateescape")  # folder names need not be UTF-8
+    rng = np.random.default_rng([seed, zlib.crc32(name), stream])
     return [group[j] for j in rng.permutation(len(group))]
 
 
