@@ -28,15 +28,15 @@ from collections.abc import Sequence
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Self
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.methods.base import FitData
-from clipadapt.models.base import Backend
+from clipadapt.models.base import TEXT_CHUNK, Backend
 from clipadapt.ood.base import Detector, ScoreInput, TextEncoder
 
 VOCABULARY_SOURCE = "lemminflect"
@@ -79,24 +79,37 @@ def load_vocabulary(source: str | os.PathLike[str] | None = None) -> tuple[str, 
     return tuple(sorted(w for w in words if w))
 
 
-def cached_text_encoder(backend: Backend, cache: FeatureCache | None = None) -> TextEncoder:
-    """``backend.encode_texts`` through the feature cache (keyed by the text fingerprint).
+def cached_text_encoder(
+    backend: Backend, cache: FeatureCache | None = None, *, progress: bool = True
+) -> TextEncoder:
+    """``backend.encode_texts`` with a progress bar, through the feature cache if given.
 
     Embedding a vocabulary of ~20,000 prompts takes minutes on a CPU; cached, milliseconds.
+    Texts are embedded ``TEXT_CHUNK`` at a time and each chunk is cached at once, so an
+    interrupted run keeps what it did. The bar (``progress``) shows only while texts are
+    being embedded and is cleared when they are done.
     """
-    if cache is None:
-        return backend.encode_texts
 
     def encode(texts: list[str]) -> torch.Tensor:
         keys = {t: hashlib.sha256(t.encode()).hexdigest() for t in texts}
-        model = backend.text_fingerprint
-        found = cache.get_many(model, TEXT_VIEW, list(keys.values()))
+        model = backend.text_fingerprint if cache else ""
+        found = cache.get_many(model, TEXT_VIEW, list(keys.values())) if cache else {}
         todo = [t for t, k in keys.items() if k not in found]
-        if todo:
-            vectors = backend.encode_texts(todo).numpy()
-            new = [(keys[t], v) for t, v in zip(todo, vectors, strict=True)]
-            cache.put_many(model, backend.info.spec, TEXT_VIEW, new)
-            found |= dict(new)
+        with tqdm(
+            total=len(todo),
+            desc=f"embed texts {backend.info.spec}",
+            unit="text",
+            leave=False,
+            disable=not (progress and todo),
+        ) as bar:
+            for start in range(0, len(todo), TEXT_CHUNK):
+                chunk = todo[start : start + TEXT_CHUNK]
+                vectors = backend.encode_texts(chunk).numpy()
+                new = [(keys[t], v) for t, v in zip(chunk, vectors, strict=True)]
+                if cache is not None:
+                    cache.put_many(model, backend.info.spec, TEXT_VIEW, new)
+                found |= dict(new)
+                bar.update(len(chunk))
         return torch.from_numpy(np.stack([found[keys[t]] for t in texts]).astype(np.float32))
 
     return encode
@@ -143,19 +156,7 @@ class NegLabel(Detector):
         self.vocabulary = vocabulary
         self.seed = int(seed)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "template": self.template,
-            "fraction": self.fraction,
-            "max_negatives": self.max_negatives,
-            "percentile": self.percentile,
-            "groups": self.groups,
-            "temperature": self.temperature,
-            "vocabulary": self.vocabulary,
-            "seed": self.seed,
-        }
-
-    def fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> Self:
+    def _fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> None:
         if encode_texts is None:
             raise ValueError(
                 "neglabel: fit needs encode_texts (e.g. backend.encode_texts, or "
@@ -182,7 +183,6 @@ class NegLabel(Detector):
             "vocabulary_size": len(words),
             "negative_labels": [words[i] for i in chosen.tolist()],
         }
-        return super().fit(data)
 
     def _score(self, features, logits, local_features) -> torch.Tensor:
         tau = self.state("temperature")
