@@ -287,3 +287,18 @@ def test_corrupt_cache_file_says_to_delete_it(tmp_path, capsys):
     assert main(["cache", "show", "--cache-dir", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "features.sqlite is corrupt" in err
+
+
+def test_hashing_shows_a_bar_only_while_files_are_read(
+    fake_backend, image_folder, tmp_path, capsys, monkeypatch
+):
+    paths = load_image_folder(image_folder).paths
+    cache = FeatureCache(tmp_path / "cache")
+    extract_features(fake_backend, paths, cache=cache, batch_size=4)
+    cold = capsys.readouterr().err
+    hashing = cold[cold.index("hash images") : cold.index("embed fake0")]
+    assert f"0/{len(paths)}" in hashing and hashing.rsplit("\r", 1)[-1].strip() == ""  # cleared
+    monkeypatch.setattr(images_module, "RACY_NS", 0)
+    extract_features(fake_backend, paths, cache=cache, progress=False)  # hashes now remembered
+    extract_features(fake_backend, paths, cache=cache)
+    assert capsys.readouterr().err == ""  # nothing read, nothing embedded: no bar at all

@@ -101,7 +101,7 @@ def extract_features(
             todo = list(range(len(names)))
             store = None
         else:
-            hashes = _content_hashes(names, cache, pool, workers, reject)
+            hashes = _content_hashes(names, cache, pool, workers, reject, progress)
             found = cache.get_many(model_key, key, list(hashes.values()))
             todo = [i for i, digest in hashes.items() if digest not in found]
 
@@ -125,14 +125,19 @@ def extract_features(
 
 
 def _content_hashes(
-    names: list[str], cache: FeatureCache, pool: ThreadPoolExecutor, workers: int, reject: Reject
+    names: list[str],
+    cache: FeatureCache,
+    pool: ThreadPoolExecutor,
+    workers: int,
+    reject: Reject,
+    progress: bool,
 ) -> dict[int, str]:
     """sha256 of every readable file: remembered, found in the cache's index, or read.
 
     Newly read hashes whose stamps can be trusted go into the index in one transaction.
     """
     stamps: dict[int, str] = {}
-    for i, stamp in enumerate(_map_chunked(pool, workers, _stamp, names)):
+    for i, stamp in enumerate(_map_chunked(pool, workers, _stamp, names, None)):
         if isinstance(stamp, ImageDecodeError):
             reject(i, stamp)
         else:
@@ -144,7 +149,14 @@ def _content_hashes(
             hashes[i] = indexed[names[i]]
             remember_hash(names[i], stamp, hashes[i])
     unread = [i for i in stamps if i not in hashes]
-    read = _map_chunked(pool, workers, hash_file, [names[i] for i in unread])
+    with tqdm(
+        total=len(unread),
+        desc="hash images",
+        unit="img",
+        leave=False,
+        disable=not (progress and unread),
+    ) as bar:
+        read = _map_chunked(pool, workers, hash_file, [names[i] for i in unread], bar)
     fresh = []
     for i, result in zip(unread, read, strict=True):
         if isinstance(result, ImageDecodeError):
@@ -162,9 +174,16 @@ def _stamp(name: str) -> str:
 
 
 def _map_chunked(
-    pool: ThreadPoolExecutor, workers: int, fn: Callable[[str], T], names: list[str]
+    pool: ThreadPoolExecutor,
+    workers: int,
+    fn: Callable[[str], T],
+    names: list[str],
+    bar: tqdm | None,
 ) -> list[T | ImageDecodeError]:
-    """``fn`` over ``names`` in the pool, one task per chunk; errors returned, not raised."""
+    """``fn`` over ``names`` in the pool, one task per chunk; errors returned, not raised.
+
+    ``bar`` (if any) advances as chunks finish.
+    """
 
     def run(chunk: list[str]) -> list[T | ImageDecodeError]:
         out: list[T | ImageDecodeError] = []
@@ -177,7 +196,12 @@ def _map_chunked(
 
     size = max(1, min(HASH_CHUNK, -(-len(names) // (4 * workers))))
     chunks = [names[start : start + size] for start in range(0, len(names), size)]
-    return [result for part in pool.map(run, chunks) for result in part]
+    results: list[T | ImageDecodeError] = []
+    for part in pool.map(run, chunks):
+        results += part
+        if bar is not None:
+            bar.update(len(part))
+    return results
 
 
 def _encode_missing(
