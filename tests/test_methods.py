@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from clipadapt.methods import METHODS, DataKind, FitData, Method, create_method, load_method
-from clipadapt.methods.selection import choose
+from clipadapt.methods.selection import SearchedMethod
 
 # methods over features alone; those that run a tower (DataKind.TOWER) are tested with tiny
 # models in test_prompt_methods.py
 FEATURE_METHODS = sorted(n for n, c in METHODS.items() if DataKind.TOWER not in c.reads)
 TRAINED = sorted(n for n in FEATURE_METHODS if not METHODS[n].training_free)
+SEARCHED = sorted(n for n, c in METHODS.items() if issubclass(c, SearchedMethod))
 
 
 @pytest.fixture(autouse=True)
@@ -90,13 +91,6 @@ def test_registry_lists_all_methods_under_their_names() -> None:
     assert {DataKind.SUPPORT, DataKind.VALIDATION} <= METHODS["tip_adapter"].reads
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_hyperparameters_reconstruct_the_method(name: str) -> None:
-    hyperparameters = create_method(name).hyperparameters()
-    json.dumps(hyperparameters)
-    assert create_method(name, **hyperparameters).hyperparameters() == hyperparameters
-
-
 def test_unknown_method_name_lists_known_names() -> None:
     with pytest.raises(ValueError, match="unknown method 'nope'") as error:
         create_method("nope")
@@ -159,12 +153,22 @@ def test_save_load_round_trip_gives_identical_logits(name: str, tmp_path: Path) 
     data = make_data()
     method = create_method(name).fit(data)
     loaded = load_method(method.save(tmp_path / name))
-    assert type(loaded) is type(method)
+    assert type(loaded) is type(method) and loaded.is_fitted
     assert loaded.selected == method.selected
-    assert loaded.hyperparameters() == method.hyperparameters()
+    assert loaded.get_params() == method.get_params()
     assert torch.equal(
         loaded.predict_logits(data.val_features), method.predict_logits(data.val_features)
     )
+
+
+def test_saved_config_shows_the_values_in_use_then_the_search(tmp_path: Path) -> None:
+    method = create_method("tip_adapter", beta=3.0).fit(make_data())
+    config = json.loads((method.save(tmp_path / "model") / "config.json").read_text())
+    alpha = method.selected["alpha"]["value"]
+    assert list(config)[:4] == ["format_version", "method", "hyperparameters", "selected"]
+    assert config["hyperparameters"] == {"alpha": alpha, "beta": 3.0}
+    assert config["params"] == {"alpha": None, "beta": 3.0}
+    assert config["selected"]["beta"] == {"value": 3.0, "how": "given"}
 
 
 @pytest.mark.parametrize("name", TRAINED)
@@ -181,20 +185,23 @@ def test_clip_adapter_initialisation_follows_the_seed() -> None:
     assert not torch.equal(first, create_method("clip_adapter").fit(data).state("down"))
 
 
-@pytest.mark.parametrize(("name", "grid"), [("tip_adapter", "alpha_grid"), ("gda", "alpha_grid")])
-def test_alpha_search_trusts_the_cache_when_text_is_useless(name: str, grid: str) -> None:
+@pytest.mark.parametrize("name", ["tip_adapter", "gda"])
+@pytest.mark.parametrize("selection", ["validation", "cv"])
+def test_alpha_search_trusts_the_cache_when_text_is_useless(name: str, selection: str) -> None:
     data = make_data(text="random", seed=3)
-    method = create_method(name, alpha=0.0001, **{grid: [0.0001, 1000.0]}).fit(data)
-    assert method.selected["alpha"]["value"] == 1000.0
-    assert method.selected["alpha"]["how"].startswith("validation acc1 over grid [0.0001, 1000.0]")
+    data.selection = selection
+    method = create_method(name, alpha=[0.0001, 1000.0]).fit(data)
+    record = method.selected["alpha"]
+    assert record["value"] == 1000.0
+    assert record["mode"] == selection and record["grid"] == [0.0001, 1000.0]
 
 
-@pytest.mark.parametrize(("name", "grid"), [("tip_adapter", "alpha_grid"), ("gda", "alpha_grid")])
-def test_alpha_search_trusts_the_text_when_support_labels_are_wrong(name: str, grid: str) -> None:
+@pytest.mark.parametrize("name", ["tip_adapter", "gda"])
+def test_alpha_search_trusts_the_text_when_support_labels_are_wrong(name: str) -> None:
     data = make_data(seed=4)
     data.support_labels = (data.support_labels + 1) % data.num_classes
     data.support_views = None
-    method = create_method(name, alpha=1000.0, **{grid: [0.0001, 1000.0]}).fit(data)
+    method = create_method(name, alpha=[0.0001, 1000.0]).fit(data)
     assert method.selected["alpha"]["value"] == 0.0001
     assert method.selected["alpha"]["val_acc1"] == 1.0
 
@@ -205,32 +212,14 @@ def test_alpha_search_trusts_the_text_when_support_labels_are_wrong(name: str, g
         n for n, c in METHODS.items() if DataKind.VALIDATION in c.reads and n != "prompt_distill"
     ),
 )
-def test_without_validation_the_defaults_are_used_and_recorded(name: str) -> None:
+def test_without_validation_the_preferred_values_are_used_and_recorded(name: str) -> None:
     data = make_data()
     data.val_features = data.val_labels = None
-    method = create_method(name)
-    method.fit(data)
-    hyperparameters = method.hyperparameters()
-    searched = [key for key in method.selected if key != "precision"]
-    assert searched
-    for key in searched:
+    method = create_method(name).fit(data)
+    for key, search in METHODS[name].searches.items():
         assert method.selected[key] == {
-            "value": hyperparameters[key],
-            "how": "default (no validation set)",
+            "value": search.preferred,
+            "how": "preferred (no validation set)",
+            "mode": "validation",
+            "grid": list(search.grid),
         }
-
-
-def test_selection_breaks_ties_towards_the_default_then_the_first() -> None:
-    data = make_data()
-    method = create_method("zeroshot")
-    flat = torch.zeros(len(data.val_labels), data.num_classes)  # every point ties
-
-    def val_logits(shape: tuple[int, ...]):
-        return lambda features: flat.expand(*shape, *flat.shape)
-
-    grid = {"a": [1.0, 2.0, 3.0], "b": [5.0, 6.0]}
-    chosen = choose(method, data, grid, {"a": 3.0, "b": 6.0}, val_logits((3, 2)))
-    assert chosen == {"a": 3.0, "b": 6.0}
-    assert method.selected["b"]["how"] == "validation acc1 over grid [5.0, 6.0] jointly with a"
-    chosen = choose(method, data, grid, {"a": 4.0, "b": 6.0}, val_logits((3, 2)))
-    assert chosen == {"a": 1.0, "b": 5.0}

@@ -59,7 +59,7 @@ def test_linear_probe_separates_separable_data() -> None:
     )
     method = create_method("linear_probe").fit(data)
     assert torch.equal(method.predict(x[:40]), y[:40])
-    assert method.selected["c"]["value"] in method.c_grid
+    assert method.selected["c"]["value"] in method.selected["c"]["grid"]
     assert method.state("weight").shape == (4, 8) and method.state("bias").shape == (4,)
 
 
@@ -67,22 +67,22 @@ def test_lp_zs_with_a_huge_penalty_stays_at_zero_shot() -> None:
     data = make_data()
     data.logit_scale = 5.0  # unsaturated softmax: the cross-entropy pulls W away from T
     zero_shot = create_method("zeroshot").fit(data).predict_logits(data.val_features)
-    anchored = create_method("lp_zs", penalty_grid=[1e9]).fit(data)
+    anchored = create_method("lp_zs", penalty=1e9).fit(data)
     torch.testing.assert_close(anchored.state("weight"), data.class_embeddings)
     torch.testing.assert_close(anchored.predict_logits(data.val_features), zero_shot)
-    loose = create_method("lp_zs", penalty_grid=[1.0]).fit(data)
+    loose = create_method("lp_zs", penalty=1.0).fit(data)
     assert (loose.state("weight") - data.class_embeddings).abs().max() > 1e-2
 
 
 def test_lp_zs_with_a_small_penalty_learns_from_the_support() -> None:
     data = make_data(text="random")
-    method = create_method("lp_zs", penalty_grid=[0.1]).fit(data)
+    method = create_method("lp_zs", penalty=0.1).fit(data)
     assert torch.equal(method.predict(data.val_features), data.val_labels)
 
 
 def test_clip_adapter_with_ratio_zero_is_zero_shot() -> None:
     data = make_data()
-    method = create_method("clip_adapter", ratio_grid=[0.0], epochs=3).fit(data)
+    method = create_method("clip_adapter", ratio=0.0, epochs=3).fit(data)
     zero_shot = create_method("zeroshot").fit(data)
     torch.testing.assert_close(
         method.predict_logits(data.val_features), zero_shot.predict_logits(data.val_features)
@@ -91,7 +91,7 @@ def test_clip_adapter_with_ratio_zero_is_zero_shot() -> None:
 
 def test_clip_adapter_applies_the_residual_mlp() -> None:
     data = make_data(text="random")
-    method = create_method("clip_adapter", ratio_grid=[0.6], epochs=30, lr=1e-2).fit(data)
+    method = create_method("clip_adapter", ratio=0.6, epochs=30, lr=1e-2).fit(data)
     f = data.val_features
     down, up = method.state("down"), method.state("up")
     assert down.shape == (8, 32) and up.shape == (32, 8)  # reduction 4, no biases
@@ -113,7 +113,7 @@ def three_sample_cache() -> FitData:
 
 
 def test_tip_adapter_matches_the_paper_formula_on_a_three_sample_cache() -> None:
-    method = create_method("tip_adapter", alpha_grid=[0.5], beta_grid=[2.0], alpha=0.5, beta=2.0)
+    method = create_method("tip_adapter", alpha=0.5, beta=2.0)
     method.fit(three_sample_cache())
     f = torch.tensor([[0.6, 0.8, 0.0]])
     # affinities to the keys e1, e2, e3 are 0.6, 0.8, 0.0; A = exp(-beta (1 - a))

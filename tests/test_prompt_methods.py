@@ -182,7 +182,7 @@ def test_save_load_round_trip_gives_identical_logits(
         with pytest.raises(RuntimeError, match="attach"):
             loaded.predict_logits(features)
         loaded.attach(open_clip_backend)
-    assert loaded.hyperparameters() == method.hyperparameters()
+    assert loaded.get_params() == method.get_params()
     assert torch.equal(loaded.predict_logits(features), method.predict_logits(features))
     again = create_method(name, epochs=2, **options).fit(data)
     assert torch.equal(again.predict_logits(features), method.predict_logits(features))

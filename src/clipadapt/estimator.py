@@ -2,17 +2,18 @@
 
 As in scikit-learn's ``BaseEstimator``: hyperparameters are the constructor's arguments,
 read back from its signature (``get_params``) rather than kept in a second hand-written
-list, and each is stored on the instance under its own name. ``fit`` starts from a freshly
-constructed object (every piece of learned state from an earlier fit is gone), calls the
-subclass's ``_fit`` and returns the fitted object; using learned state before that raises
-``NotFittedError``.
+list, and each is stored on the instance under its own name. A constructor may end in
+``**kwargs`` that it passes on to its parent's constructor; the parent's parameters then
+count as its own. ``fit`` starts from a freshly constructed object (every piece of learned
+state from an earlier fit is gone), calls the subclass's ``_fit`` and returns the fitted
+object; using learned state before that raises ``NotFittedError``.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import torch
 
@@ -26,6 +27,9 @@ class Estimator:
     (hyperparameters chosen during ``fit`` and how they were chosen)."""
 
     name: str = "estimator"
+    kept_on_fit: ClassVar[tuple[str, ...]] = ()
+    """Attributes that are neither hyperparameters nor learned state (e.g. a progress hook
+    set by the caller) and survive ``fit``'s reset."""
 
     def __init__(self) -> None:
         self._state: dict[str, torch.Tensor] = {}
@@ -35,14 +39,22 @@ class Estimator:
     # -- hyperparameters ----------------------------------------------------------------
     @classmethod
     def param_names(cls) -> list[str]:
-        """The constructor's parameter names (no ``*args``/``**kwargs`` allowed)."""
-        names = []
-        for name, param in inspect.signature(cls.__init__).parameters.items():
-            if name == "self":
+        """The constructor's parameter names, followed through ``**kwargs`` to the parent's
+        constructor (``*args`` is not allowed)."""
+        names: list[str] = []
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass):
                 continue
-            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                raise TypeError(f"{cls.__name__}.__init__ must list its hyperparameters")
-            names.append(name)
+            forwards = False
+            for name, param in inspect.signature(klass.__init__).parameters.items():
+                if param.kind is param.VAR_POSITIONAL:
+                    raise TypeError(f"{cls.__name__}.__init__ must name its hyperparameters")
+                if param.kind is param.VAR_KEYWORD:
+                    forwards = True
+                elif name != "self" and name not in names:
+                    names.append(name)
+            if not forwards:
+                return names
         return names
 
     def get_params(self) -> dict[str, Any]:
@@ -57,7 +69,7 @@ class Estimator:
                 f"{self.name}: unknown hyperparameter(s) {unknown}; "
                 f"known: {', '.join(self.param_names())}"
             )
-        self.__init__(**{**self.get_params(), **params})  # type: ignore[misc]
+        self._reset({**self.get_params(), **params})
         return self
 
     def clone(self) -> Self:
@@ -67,13 +79,20 @@ class Estimator:
     # -- fitting ------------------------------------------------------------------------
     def fit(self, data: Any, **kwargs: Any) -> Self:
         """Reset all learned state, learn from ``data`` (``_fit``) and return ``self``."""
-        self.__init__(**self.get_params())  # type: ignore[misc]
+        self._reset(self.get_params())
         self._fit(data, **kwargs)
         self._fitted = True
         return self
 
     def _fit(self, data: Any, **kwargs: Any) -> None:
         raise NotImplementedError
+
+    def _reset(self, params: dict[str, Any]) -> None:
+        """Re-run the constructor with ``params``, keeping the ``kept_on_fit`` attributes."""
+        kept = {name: getattr(self, name) for name in self.kept_on_fit}
+        self.__init__(**params)  # type: ignore[misc]
+        for name, value in kept.items():
+            setattr(self, name, value)
 
     # -- learned state ------------------------------------------------------------------
     @property

@@ -1,8 +1,8 @@
 """The method interface: every adaptation method is a small estimator over features.
 
-Hyperparameters go to the constructor, ``fit`` returns the fitted object, learned state
-lives in tensors listed by ``state_tensors`` and the whole method saves to a directory
-(``config.json`` + ``state.safetensors``) that loads back to identical predictions.
+Hyperparameters go to the constructor (see :class:`clipadapt.estimator.Estimator`), ``fit``
+resets and learns the state and returns the fitted object, and the whole method saves to a
+directory (``config.json`` + ``state.safetensors``) that loads back to identical predictions.
 
 The runner, not the method, builds the :class:`FitData` a method receives, from the data
 kinds the method declares in ``reads``; test features are never part of it.
@@ -22,11 +22,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from clipadapt.atomic import atomic_write, atomic_write_json
+from clipadapt.estimator import Estimator, NotFittedError
 
 if TYPE_CHECKING:
     from clipadapt.models.base import Backend
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: ``config.json`` keeps the constructor arguments under ``params`` and the values in use
+under ``hyperparameters``."""
+SELECTION_MODES = ("validation", "cv")
 
 
 class DataKind(StrEnum):
@@ -46,6 +50,9 @@ class FitData:
 
     ``class_embeddings`` are the zero-shot classifier (one normalised text embedding per
     class, prompt-ensembled); ``logit_scale`` is the backend's temperature (CLIP: 100).
+    ``selection`` says how searched hyperparameters are chosen: ``"validation"`` (accuracy
+    on the validation set) or ``"cv"`` (stratified k-fold cross-validation over support and
+    validation images pooled); see :mod:`clipadapt.methods.selection`.
     """
 
     class_embeddings: torch.Tensor  # (C, D)
@@ -63,7 +70,14 @@ class FitData:
     support_paths: list[str] | None = None  # (N,) image files of the support set, same order
     unlabeled_paths: list[str] | None = None  # (U,) image files of the unlabeled set
     checkpoint_dir: Path | None = None  # where training methods checkpoint each epoch
+    selection: str = "validation"  # one of SELECTION_MODES
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTION_MODES:
+            raise ValueError(
+                f"FitData.selection {self.selection!r}: use one of {', '.join(SELECTION_MODES)}"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -92,16 +106,9 @@ _FIELDS_OF_KIND = {
 }
 
 
-class NotFittedError(RuntimeError):
-    """Raised when a method is used before ``fit``."""
-
-
-class Method:
-    """Base class. Subclasses set ``name`` and ``reads`` and implement ``fit``/``predict_logits``.
-
-    ``hyperparameters()`` returns the constructor arguments (JSON-serialisable);
-    ``selected`` records hyperparameters chosen during ``fit`` and how they were chosen.
-    """
+class Method(Estimator):
+    """Base class. Subclasses set ``name`` and ``reads`` and implement ``_fit(data)`` and
+    ``predict_logits``; ``selected`` records hyperparameters chosen during ``fit`` and how."""
 
     name: ClassVar[str]
     reads: ClassVar[frozenset[DataKind]] = frozenset({DataKind.SUPPORT})
@@ -109,16 +116,10 @@ class Method:
     supports_new_classes: ClassVar[bool] = False
     """Whether ``transfer_logits`` scores classes the method was not fitted on."""
 
-    def __init__(self) -> None:
-        self.selected: dict[str, Any] = {}
-        self._state: dict[str, torch.Tensor] = {}
-
-    # -- the estimator contract -------------------------------------------------------
-    def hyperparameters(self) -> dict[str, Any]:
-        return {}
-
-    def fit(self, data: FitData) -> Self:
-        raise NotImplementedError
+    def params_in_use(self) -> dict[str, Any]:
+        """The hyperparameters the fitted method uses: ``get_params()``, except that a
+        searched one is at its chosen value (see ``SearchedMethod``)."""
+        return self.get_params()
 
     def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
         """Class scores (N, C) for L2-normalised features (N, D)."""
@@ -144,31 +145,19 @@ class Method:
         unless the method adapted the image side (then a wrapper with its own fingerprint)."""
         return backend
 
-    # -- learned state ------------------------------------------------------------------
-    @property
-    def is_fitted(self) -> bool:
-        return bool(self._state)
-
-    def state(self, key: str) -> torch.Tensor:
-        if key not in self._state:
-            raise NotFittedError(f"{self.name}: call fit() before using the method")
-        return self._state[key]
-
-    def set_state(self, **tensors: torch.Tensor) -> None:
-        for key, value in tensors.items():
-            self._state[key] = value.detach().to(torch.float32).contiguous().cpu()
-
     # -- persistence --------------------------------------------------------------------
     def save(
         self, directory: str | os.PathLike[str], extra_config: dict[str, Any] | None = None
     ) -> Path:
-        """Write ``config.json`` and ``state.safetensors`` atomically into ``directory``."""
+        """Write ``config.json`` (the values in use, the search record, the constructor's
+        ``params``) and ``state.safetensors`` atomically into ``directory``."""
         if not self.is_fitted:
             raise NotFittedError(f"{self.name}: nothing to save, call fit() first")
         config = {
             "method": self.name,
-            "hyperparameters": self.hyperparameters(),
+            "hyperparameters": self.params_in_use(),
             "selected": self.selected,
+            "params": self.get_params(),
             **(extra_config or {}),
         }
         return write_saved(directory, config, self._state)
@@ -181,9 +170,10 @@ class Method:
             raise ValueError(
                 f"{path / 'config.json'}: holds method {config['method']!r}, not {cls.name!r}"
             )
-        method = cls(**config["hyperparameters"])
-        method.selected = config.get("selected", {})
+        method = cls(**config["params"])
+        method.selected = config["selected"]
         method._state = read_state(path)
+        method._fitted = True
         return method
 
 

@@ -4,22 +4,30 @@
     logits(f) = s * normalize(f') @ T.T
 
 as in the reference code (no biases, hidden size D / reduction). The MLP is trained with
-cross-entropy; the residual ratio is chosen on the validation set, training one adapter per
-grid value.
+cross-entropy; the residual ratio is searched (see :mod:`clipadapt.methods.selection`),
+training one adapter per grid value; a smaller ratio, closer to zero-shot CLIP, counts as the
+stronger regularisation.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any, Self
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from clipadapt.methods.base import DataKind, FitData, Method
-from clipadapt.methods.common import check_fit_data, cosine_logits, scale_tensor, support_sets
-from clipadapt.methods.selection import choose_fitted
+from clipadapt.methods.base import DataKind, FitData
+from clipadapt.methods.common import cosine_logits, scale_tensor, support_sets
+from clipadapt.methods.selection import (
+    Grid,
+    GridFit,
+    Search,
+    Searchable,
+    SearchedMethod,
+    fit_each,
+    search_value,
+)
 from clipadapt.methods.training import train_adamw
 
 Adapter = tuple[torch.Tensor, torch.Tensor, float]  # down, up, ratio
@@ -33,46 +41,35 @@ def adapt(
     return F.normalize(ratio * residual + (1 - ratio) * features, dim=-1)
 
 
-class ClipAdapter(Method):
+class ClipAdapter(SearchedMethod):
     """CLIP-Adapter on frozen features. Each adapter trains for ``epochs`` full-batch AdamW
     steps (cosine schedule); epoch e sees the support set (e = 0) or an augmented view,
     cycling through them. Initialisation follows ``nn.Linear``, seeded by ``data.seed``.
-    ``ratio`` is the no-validation default (the paper's generic 0.2)."""
+    ``ratio`` is searched when None or a list (the paper's generic 0.2 preferred on
+    validation ties)."""
 
     name = "clip_adapter"
     reads = frozenset({DataKind.SUPPORT, DataKind.SUPPORT_VIEWS, DataKind.VALIDATION})
     training_free = False
     supports_new_classes = True  # the adapter acts on image features, any text classifier works
+    searches: ClassVar[dict[str, Search]] = {"ratio": Search((0.2, 0.4, 0.6), 0.2, stronger="low")}
 
     def __init__(
         self,
-        ratio: float = 0.2,
-        ratio_grid: Sequence[float] = (0.2, 0.4, 0.6),
+        ratio: Searchable = None,
         reduction: int = 4,
         epochs: int = 25,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
     ) -> None:
         super().__init__()
-        self.ratio = float(ratio)
-        self.ratio_grid = tuple(float(v) for v in ratio_grid)
+        self.ratio = search_value("ratio", ratio)
         self.reduction = int(reduction)
         self.epochs = int(epochs)
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "ratio": self.ratio,
-            "ratio_grid": list(self.ratio_grid),
-            "reduction": self.reduction,
-            "epochs": self.epochs,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-        }
-
-    def fit(self, data: FitData) -> Self:
-        check_fit_data(self, data)
+    def _fit_grid(self, data: FitData, grid: Grid) -> GridFit:
         text, scale, labels = data.class_embeddings, scale_tensor(data), data.support_labels.long()
         sets = support_sets(data)
         dim = text.shape[1]
@@ -90,17 +87,18 @@ class ClipAdapter(Method):
             train_adamw([down, up], loss, self.epochs, self.lr, self.weight_decay)
             return down.detach(), up.detach(), ratio
 
-        ratio, (down, up, _) = choose_fitted(
-            self,
-            data,
-            "ratio",
-            self.ratio_grid,
-            self.ratio,
+        return fit_each(
+            grid["ratio"],
             train,
             lambda m, f: cosine_logits(adapt(f, *m), text, scale),
+            lambda m, ratio: {
+                "text": text,
+                "logit_scale": scale,
+                "down": m[0],
+                "up": m[1],
+                "ratio": torch.tensor(ratio),
+            },
         )
-        self.set_state(text=text, logit_scale=scale, down=down, up=up, ratio=torch.tensor(ratio))
-        return self
 
     def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
         s = self.state

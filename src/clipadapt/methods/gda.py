@@ -11,7 +11,8 @@ giving the linear classifier w_k = P mu_k, b_k = log(1/C) - mu_k^T P mu_k / 2, a
 
     logits(f) = s * f @ T.T + alpha * (f @ W.T + b)
 
-with alpha searched on the validation set (the paper's grid of powers of ten). The estimate
+with alpha searched (the paper's grid of powers of ten; see :mod:`clipadapt.methods.selection`;
+smaller alpha, closer to zero-shot CLIP, counts as the stronger regularisation). The estimate
 corresponds to Sigma = ((n - 1) S + tr(S) I) / D, a scaled and shrunk sample covariance, so
 Mahalanobis distances are on that scale; class rankings and OOD rankings are unaffected.
 """
@@ -19,21 +20,22 @@ Mahalanobis distances are on that scale; class rankings and OOD rankings are una
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import ClassVar
 
 import torch
 
-from clipadapt.methods.base import DataKind, FitData, Method
-from clipadapt.methods.common import (
-    check_fit_data,
-    class_means,
-    cosine_logits,
-    scale_tensor,
-    stacked_support,
+from clipadapt.methods.base import DataKind, FitData
+from clipadapt.methods.common import class_means, cosine_logits, scale_tensor, stacked_support
+from clipadapt.methods.selection import (
+    Grid,
+    GridFit,
+    Position,
+    Search,
+    Searchable,
+    SearchedMethod,
+    search_value,
 )
-from clipadapt.methods.selection import choose
 
 
 @dataclass
@@ -78,8 +80,9 @@ def ridge_precision(centered: torch.Tensor) -> Precision | None:
     return Precision(torch.eye(dim), torch.linalg.cholesky(gram), torch.tensor([0.0, dim]))
 
 
-class GDA(Method):
-    """Training-free GDA on top of zero-shot CLIP; ``alpha`` is the no-validation default.
+class GDA(SearchedMethod):
+    """Training-free GDA on top of zero-shot CLIP; ``alpha`` is searched when None or a list
+    (0.1 preferred on validation ties and used without validation data).
 
     With one example per class and no views there is no within-class scatter; the precision
     falls back to the identity (Euclidean nearest mean), recorded in ``selected``.
@@ -88,51 +91,48 @@ class GDA(Method):
     name = "gda"
     reads = frozenset({DataKind.SUPPORT, DataKind.SUPPORT_VIEWS, DataKind.VALIDATION})
     training_free = True
+    searches: ClassVar[dict[str, Search]] = {
+        "alpha": Search(tuple(10.0**i for i in range(-4, 5)), 0.1, stronger="low")
+    }
 
-    def __init__(
-        self,
-        alpha: float = 0.1,
-        alpha_grid: Sequence[float] = tuple(10.0**i for i in range(-4, 5)),
-    ) -> None:
+    def __init__(self, alpha: Searchable = None) -> None:
         super().__init__()
-        self.alpha = float(alpha)
-        self.alpha_grid = tuple(float(v) for v in alpha_grid)
+        self.alpha = search_value("alpha", alpha)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "alpha_grid": list(self.alpha_grid)}
-
-    def fit(self, data: FitData) -> Self:
-        check_fit_data(self, data)
+    def _fit_grid(self, data: FitData, grid: Grid) -> GridFit:
         text, scale = data.class_embeddings, scale_tensor(data)
         x, y = stacked_support(data)
         means = class_means(self, x, y, data.num_classes)
         precision = ridge_precision(x - means[y])
+        notes = {}
         if precision is None:
             precision = Precision.identity(x.shape[1])
-            self.selected["precision"] = {
+            notes["precision"] = {
                 "value": "identity",
                 "how": "no within-class scatter (one example per class, no views)",
             }
         weight = precision.apply(means)
         bias = math.log(1.0 / data.num_classes) - 0.5 * (weight * means).sum(dim=-1)
+        alphas = grid["alpha"]
 
-        def val_logits(f: torch.Tensor) -> torch.Tensor:  # (alpha, M, C)
-            alpha = torch.tensor(self.alpha_grid).view(-1, 1, 1)
+        def logits(f: torch.Tensor) -> torch.Tensor:  # (alpha, M, C)
+            alpha = torch.tensor(alphas).view(-1, 1, 1)
             return cosine_logits(f, text, scale) + alpha * (f @ weight.T + bias)
 
-        chosen = choose(self, data, {"alpha": self.alpha_grid}, {"alpha": self.alpha}, val_logits)
-        self.set_state(
-            text=text,
-            logit_scale=scale,
-            means=means,
-            precision_basis=precision.basis,
-            precision_cholesky=precision.cholesky,
-            precision_scales=precision.scales,
-            weight=weight,
-            bias=bias,
-            alpha=torch.tensor(chosen["alpha"]),
-        )
-        return self
+        def state(position: Position) -> dict[str, torch.Tensor]:
+            return {
+                "text": text,
+                "logit_scale": scale,
+                "means": means,
+                "precision_basis": precision.basis,
+                "precision_cholesky": precision.cholesky,
+                "precision_scales": precision.scales,
+                "weight": weight,
+                "bias": bias,
+                "alpha": torch.tensor(alphas[position[0]]),
+            }
+
+        return GridFit(logits, state, notes)
 
     def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
         s = self.state

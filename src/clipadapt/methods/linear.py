@@ -2,50 +2,49 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Self
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from clipadapt.methods.base import DataKind, FitData, Method
-from clipadapt.methods.common import check_fit_data, cosine_logits, scale_tensor, stacked_support
-from clipadapt.methods.selection import choose_fitted
+from clipadapt.methods.base import DataKind, FitData
+from clipadapt.methods.common import cosine_logits, scale_tensor, stacked_support
+from clipadapt.methods.selection import (
+    Grid,
+    GridFit,
+    Search,
+    Searchable,
+    SearchedMethod,
+    fit_each,
+    search_value,
+)
 from clipadapt.methods.training import minimize_lbfgs
 
 Linear = tuple[torch.Tensor, torch.Tensor]
+C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 PENALTY_GRID = (10000.0, 3000.0, 1000.0, 300.0, 100.0, 30.0, 10.0, 1.0, 0.1)
 
 
-class LinearProbe(Method):
+class LinearProbe(SearchedMethod):
     """Multinomial logistic regression ``logits = f @ W.T + b`` on the support features
     (and views), minimising ``0.5 ||W||^2 + c * sum_i CE_i`` like scikit-learn's
     ``LogisticRegression(C=c)`` (bias unpenalised), with full-batch L-BFGS from zero.
 
-    ``c`` is chosen on the validation set over ``c_grid`` (strongest regularisation first;
-    each fit warm-starts from the previous one); ``c`` itself is the no-validation default.
+    ``c`` is searched when None or a list (1.0 preferred on validation ties; a smaller c
+    regularises more); a grid is fitted in its order, each fit warm-started from the previous.
     """
 
     name = "linear_probe"
     reads = frozenset({DataKind.SUPPORT, DataKind.SUPPORT_VIEWS, DataKind.VALIDATION})
     training_free = False
+    searches: ClassVar[dict[str, Search]] = {"c": Search(C_GRID, 1.0, stronger="low")}
 
-    def __init__(
-        self,
-        c: float = 1.0,
-        c_grid: Sequence[float] = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0),
-        max_iter: int = 100,
-    ) -> None:
+    def __init__(self, c: Searchable = None, max_iter: int = 100) -> None:
         super().__init__()
-        self.c = float(c)
-        self.c_grid = tuple(float(v) for v in c_grid)
+        self.c = search_value("c", c)
         self.max_iter = int(max_iter)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {"c": self.c, "c_grid": list(self.c_grid), "max_iter": self.max_iter}
-
-    def fit(self, data: FitData) -> Self:
-        check_fit_data(self, data)
+    def _fit_grid(self, data: FitData, grid: Grid) -> GridFit:
         x, y = stacked_support(data)
         dim = x.shape[1]
         previous = (torch.zeros(data.num_classes, dim), torch.zeros(data.num_classes))
@@ -62,17 +61,18 @@ class LinearProbe(Method):
             previous = (weight.detach(), bias.detach())
             return previous
 
-        _, (weight, bias) = choose_fitted(
-            self, data, "c", self.c_grid, self.c, fit_c, lambda m, f: f @ m[0].T + m[1]
+        return fit_each(
+            grid["c"],
+            fit_c,
+            lambda m, f: f @ m[0].T + m[1],
+            lambda m, _: {"weight": m[0], "bias": m[1]},
         )
-        self.set_state(weight=weight, bias=bias)
-        return self
 
     def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.state("weight").T + self.state("bias")
 
 
-class ZeroShotLinearProbe(Method):
+class ZeroShotLinearProbe(SearchedMethod):
     """Linear probe initialised at, and pulled towards, the zero-shot classifier (after CLAP,
     Silva-Rodriguez et al., CVPR 2024, and LP++). With T the text embeddings and s the
     logit scale, ``logits = s * f @ W.T`` and W minimises (from ``W = T``)
@@ -81,36 +81,26 @@ class ZeroShotLinearProbe(Method):
 
     where ``lambda_k`` is CLAP's class-adaptive weight: the mean zero-shot probability of
     class k over class k's support examples (trust the text where zero-shot already works).
-    CLAP fixes ``penalty = 1`` (with its own feature scaling); here it is chosen on the
-    validation set over ``penalty_grid`` (strongest first, warm-started), default ``penalty``.
-    A very large penalty keeps W at T, i.e. zero-shot CLIP. The problem is convex (W is not
-    renormalised, unlike CLAP), solved by full-batch L-BFGS for at most ``max_iter`` steps.
+    CLAP fixes ``penalty = 1`` (with its own feature scaling); here it is searched when None
+    or a list (300 preferred on validation ties; a larger penalty regularises more), a grid
+    fitted in its order, each fit warm-started from the previous. A very large penalty keeps
+    W at T, i.e. zero-shot CLIP. The problem is convex (W is not renormalised, unlike CLAP),
+    solved by full-batch L-BFGS for at most ``max_iter`` steps.
     """
 
     name = "lp_zs"
     reads = frozenset({DataKind.SUPPORT, DataKind.SUPPORT_VIEWS, DataKind.VALIDATION})
     training_free = False
+    searches: ClassVar[dict[str, Search]] = {
+        "penalty": Search(PENALTY_GRID, 300.0, stronger="high")
+    }
 
-    def __init__(
-        self,
-        penalty: float = 300.0,
-        penalty_grid: Sequence[float] = PENALTY_GRID,
-        max_iter: int = 100,
-    ) -> None:
+    def __init__(self, penalty: Searchable = None, max_iter: int = 100) -> None:
         super().__init__()
-        self.penalty = float(penalty)
-        self.penalty_grid = tuple(float(v) for v in penalty_grid)
+        self.penalty = search_value("penalty", penalty)
         self.max_iter = int(max_iter)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "penalty": self.penalty,
-            "penalty_grid": list(self.penalty_grid),
-            "max_iter": self.max_iter,
-        }
-
-    def fit(self, data: FitData) -> Self:
-        check_fit_data(self, data)
+    def _fit_grid(self, data: FitData, grid: Grid) -> GridFit:
         x, y = stacked_support(data)
         text, scale = data.class_embeddings, scale_tensor(data)
         zero_shot = cosine_logits(x, text, scale).softmax(dim=-1)
@@ -130,17 +120,12 @@ class ZeroShotLinearProbe(Method):
             previous = weight.detach()
             return previous
 
-        _, weight = choose_fitted(
-            self,
-            data,
-            "penalty",
-            self.penalty_grid,
-            self.penalty,
+        return fit_each(
+            grid["penalty"],
             fit_penalty,
             lambda w, f: cosine_logits(f, w, scale),
+            lambda w, _: {"weight": w, "logit_scale": scale},
         )
-        self.set_state(weight=weight, logit_scale=scale)
-        return self
 
     def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
         return cosine_logits(features, self.state("weight"), self.state("logit_scale"))

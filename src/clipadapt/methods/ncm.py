@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Self
-
 import torch
 import torch.nn.functional as F
 
@@ -25,12 +23,11 @@ class NearestClassMean(Method):
     reads = frozenset({DataKind.SUPPORT, DataKind.SUPPORT_VIEWS})
     training_free = True
 
-    def fit(self, data: FitData) -> Self:
+    def _fit(self, data: FitData) -> None:
         check_fit_data(self, data)
         x, y = stacked_support(data)
         prototypes = F.normalize(class_means(self, x, y, data.num_classes), dim=-1)
         self.set_state(prototypes=prototypes, logit_scale=scale_tensor(data))
-        return self
 
     def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
         return cosine_logits(features, self.state("prototypes"), self.state("logit_scale"))

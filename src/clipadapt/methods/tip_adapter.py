@@ -5,23 +5,33 @@ With T the text embeddings, s the logit scale, cache keys F (N, D) and one-hot v
     logits(f) = s * f @ T.T + alpha * exp(-beta * (1 - f @ F.T)) @ L
 
 alpha weighs the cache against zero-shot CLIP and beta sharpens the affinities; both are
-searched jointly on the validation set, as in the paper. Keys are the normalised support
-features averaged over the augmented views when given (the paper averages 10 augmentations).
-Tip-Adapter-F then fine-tunes the keys with cross-entropy (alpha, beta at their defaults),
-uses them unnormalised as the paper does, and searches alpha and beta after training.
+searched jointly, as in the paper (see :mod:`clipadapt.methods.selection`; smaller values of
+either, which bring the logits closer to zero-shot CLIP, count as the stronger
+regularisation, alpha deciding first). Keys are the normalised support features averaged
+over the augmented views when given (the paper averages 10 augmentations). Tip-Adapter-F
+then fine-tunes the keys with cross-entropy (alpha and beta as given, else at their
+preferred values), uses them unnormalised as the paper does, and searches alpha and beta
+after training.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Self
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from clipadapt.methods.base import DataKind, FitData, Method
-from clipadapt.methods.common import check_fit_data, cosine_logits, scale_tensor, support_sets
-from clipadapt.methods.selection import choose
+from clipadapt.methods.base import DataKind, FitData
+from clipadapt.methods.common import cosine_logits, scale_tensor, support_sets
+from clipadapt.methods.selection import (
+    Grid,
+    GridFit,
+    Position,
+    Search,
+    Searchable,
+    SearchedMethod,
+    search_value,
+)
 from clipadapt.methods.training import train_adamw
 
 ALPHA_GRID = tuple(0.25 * i for i in range(1, 41))  # 0.25 .. 10
@@ -35,63 +45,46 @@ def cache_logits(
     return torch.exp(-beta * (1.0 - features @ keys.T)) @ values
 
 
-class TipAdapter(Method):
-    """Training-free Tip-Adapter; ``alpha``/``beta`` are the no-validation defaults (the
-    paper's ablation optimum alpha=1, beta=5.5) and the grids are searched otherwise."""
+class TipAdapter(SearchedMethod):
+    """Training-free Tip-Adapter; ``alpha`` and ``beta`` are searched when None or lists
+    (the paper's ablation optimum alpha=1, beta=5.5 preferred on validation ties)."""
 
     name = "tip_adapter"
     reads = frozenset({DataKind.SUPPORT, DataKind.SUPPORT_VIEWS, DataKind.VALIDATION})
     training_free = True
+    searches: ClassVar[dict[str, Search]] = {
+        "alpha": Search(ALPHA_GRID, 1.0, stronger="low"),
+        "beta": Search(BETA_GRID, 5.5, stronger="low"),
+    }
 
-    def __init__(
-        self,
-        alpha: float = 1.0,
-        beta: float = 5.5,
-        alpha_grid: Sequence[float] = ALPHA_GRID,
-        beta_grid: Sequence[float] = BETA_GRID,
-    ) -> None:
+    def __init__(self, alpha: Searchable = None, beta: Searchable = None) -> None:
         super().__init__()
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.alpha_grid = tuple(float(v) for v in alpha_grid)
-        self.beta_grid = tuple(float(v) for v in beta_grid)
+        self.alpha = search_value("alpha", alpha)
+        self.beta = search_value("beta", beta)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "alpha_grid": list(self.alpha_grid),
-            "beta_grid": list(self.beta_grid),
-        }
-
-    def fit(self, data: FitData) -> Self:
-        check_fit_data(self, data)
+    def _fit_grid(self, data: FitData, grid: Grid) -> GridFit:
         text, scale = data.class_embeddings, scale_tensor(data)
         values = F.one_hot(data.support_labels.long(), data.num_classes).to(torch.float32)
         keys = F.normalize(torch.stack(support_sets(data)).mean(dim=0), dim=-1)
         keys = self._tune_keys(data, keys, values)
+        alphas, betas = grid["alpha"], grid["beta"]
 
-        def val_logits(f: torch.Tensor) -> torch.Tensor:  # (alpha, beta, M, C)
-            beta = torch.tensor(self.beta_grid).view(-1, 1, 1)
-            alpha = torch.tensor(self.alpha_grid).view(-1, 1, 1, 1)
+        def logits(f: torch.Tensor) -> torch.Tensor:  # (alpha, beta, M, C)
+            beta = torch.tensor(betas).view(-1, 1, 1)
+            alpha = torch.tensor(alphas).view(-1, 1, 1, 1)
             return cosine_logits(f, text, scale) + alpha * cache_logits(f, keys, values, beta)
 
-        chosen = choose(
-            self,
-            data,
-            {"alpha": self.alpha_grid, "beta": self.beta_grid},
-            {"alpha": self.alpha, "beta": self.beta},
-            val_logits,
-        )
-        self.set_state(
-            text=text,
-            logit_scale=scale,
-            keys=keys,
-            values=values,
-            alpha=torch.tensor(chosen["alpha"]),
-            beta=torch.tensor(chosen["beta"]),
-        )
-        return self
+        def state(position: Position) -> dict[str, torch.Tensor]:
+            return {
+                "text": text,
+                "logit_scale": scale,
+                "keys": keys,
+                "values": values,
+                "alpha": torch.tensor(alphas[position[0]]),
+                "beta": torch.tensor(betas[position[1]]),
+            }
+
+        return GridFit(logits, state)
 
     def _tune_keys(self, data: FitData, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return keys
@@ -111,31 +104,22 @@ class TipAdapterF(TipAdapter):
     training_free = False
 
     def __init__(
-        self,
-        alpha: float = 1.0,
-        beta: float = 5.5,
-        alpha_grid: Sequence[float] = ALPHA_GRID,
-        beta_grid: Sequence[float] = BETA_GRID,
-        epochs: int = 20,
-        lr: float = 1e-3,
+        self, alpha: Searchable = None, beta: Searchable = None, epochs: int = 20, lr: float = 1e-3
     ) -> None:
-        super().__init__(alpha, beta, alpha_grid, beta_grid)
+        super().__init__(alpha, beta)
         self.epochs = int(epochs)
         self.lr = float(lr)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {**super().hyperparameters(), "epochs": self.epochs, "lr": self.lr}
 
     def _tune_keys(self, data: FitData, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         scale, labels = scale_tensor(data), data.support_labels.long()
         sets = support_sets(data)
         zero_shot = [cosine_logits(x, data.class_embeddings, scale) for x in sets]
         keys = keys.clone().requires_grad_()
-        beta = torch.tensor(self.beta)
+        alpha, beta = self.fixed_value("alpha"), torch.tensor(self.fixed_value("beta"))
 
         def loss(step: int) -> torch.Tensor:
             x = sets[step % len(sets)]
-            logits = zero_shot[step % len(sets)] + self.alpha * cache_logits(x, keys, values, beta)
+            logits = zero_shot[step % len(sets)] + alpha * cache_logits(x, keys, values, beta)
             return F.cross_entropy(logits, labels)
 
         train_adamw([keys], loss, steps=self.epochs, lr=self.lr, eps=1e-4)

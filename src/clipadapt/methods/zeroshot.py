@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Self
-
 from clipadapt.methods.base import FitData, Method
 from clipadapt.methods.common import FixedTextScores, check_fit_data, scale_tensor
 
@@ -15,7 +13,6 @@ class ZeroShot(FixedTextScores, Method):
     reads = frozenset()
     training_free = True
 
-    def fit(self, data: FitData) -> Self:
+    def _fit(self, data: FitData) -> None:
         check_fit_data(self, data)
         self.set_state(text=data.class_embeddings, logit_scale=scale_tensor(data))
-        return self

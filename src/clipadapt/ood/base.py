@@ -4,8 +4,10 @@ A detector is fitted on the same :class:`~clipadapt.methods.FitData` a method se
 test data) and scores inputs with ``score(features, logits)``: one number per input, higher
 meaning more likely out-of-distribution. ``uses`` says which inputs it reads: the method's
 logits (so the score sits on top of whichever method classified), the image features, or
-local patch features (ViT towers only). Like methods, detectors save to a directory
-(``config.json`` + ``state.safetensors``) that loads back to identical scores.
+local patch features (ViT towers only). Like methods, detectors are estimators
+(:class:`clipadapt.estimator.Estimator`: hyperparameters from the constructor, ``fit`` resets
+the learned state) and save to a directory (``config.json`` + ``state.safetensors``) that
+loads back to identical scores.
 """
 
 from __future__ import annotations
@@ -18,14 +20,8 @@ from typing import Any, ClassVar, Self
 
 import torch
 
-from clipadapt.methods.base import (
-    DataKind,
-    FitData,
-    NotFittedError,
-    read_config,
-    read_state,
-    write_saved,
-)
+from clipadapt.estimator import Estimator, NotFittedError
+from clipadapt.methods.base import DataKind, FitData, read_config, read_state, write_saved
 
 TextEncoder = Callable[[list[str]], torch.Tensor]
 """Texts -> L2-normalised embeddings (N, D), e.g. ``backend.encode_texts``."""
@@ -39,11 +35,13 @@ class ScoreInput(StrEnum):
     LOCAL_FEATURES = "local_features"  # L2-normalised patch features (N, P, D), ViT only
 
 
-class Detector:
-    """Base class. Subclasses set ``name``, ``uses``, ``reads`` and implement ``_score``.
+class Detector(Estimator):
+    """Base class. Subclasses set ``name``, ``uses``, ``reads`` and implement ``_score``, and
+    ``_fit`` when the score learns from the fit data (the default learns nothing).
 
     ``reads`` lists the kinds of fit data the detector needs (as for methods); ``fit`` may
-    also get ``encode_texts`` for detectors that embed extra texts (NegLabel).
+    also get ``encode_texts`` for detectors that embed extra texts (NegLabel). Facts learned
+    in ``fit`` (JSON-serialisable) go to ``info``.
     """
 
     name: ClassVar[str]
@@ -51,17 +49,15 @@ class Detector:
     reads: ClassVar[frozenset[DataKind]] = frozenset()
 
     def __init__(self) -> None:
-        self._state: dict[str, torch.Tensor] = {}
-        self.info: dict[str, Any] = {}  # JSON-serialisable facts learned in fit
-        self._fitted = False
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {}
+        super().__init__()
+        self.info: dict[str, Any] = {}
 
     def fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> Self:
-        """Learn what the score needs from ``data``; the default learns nothing."""
-        self._fitted = True
-        return self
+        """Reset the learned state, learn what the score needs from ``data``, return ``self``."""
+        return super().fit(data, encode_texts=encode_texts)
+
+    def _fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> None:
+        """Learn from ``data``; the default learns nothing."""
 
     def score(
         self,
@@ -101,20 +97,6 @@ class Detector:
     ) -> torch.Tensor:
         raise NotImplementedError
 
-    # -- learned state ------------------------------------------------------------------
-    @property
-    def is_fitted(self) -> bool:
-        return self._fitted
-
-    def state(self, key: str) -> torch.Tensor:
-        if key not in self._state:
-            raise NotFittedError(f"{self.name}: call fit() before using the detector")
-        return self._state[key]
-
-    def set_state(self, **tensors: torch.Tensor) -> None:
-        for key, value in tensors.items():
-            self._state[key] = value.detach().to(torch.float32).contiguous().cpu()
-
     # -- persistence --------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` and ``state.safetensors`` atomically into ``directory``."""
@@ -125,7 +107,7 @@ class Detector:
         self._save_extra(out)
         config = {
             "detector": self.name,
-            "hyperparameters": self.hyperparameters(),
+            "hyperparameters": self.get_params(),
             "info": self.info,
         }
         return write_saved(out, config, self._state)

@@ -16,7 +16,6 @@ logits, so they reject the same inputs whichever method classifies.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self
 
 import torch
 
@@ -41,16 +40,12 @@ class KNN(Detector):
             raise ValueError(f"knn: k must be a positive integer, got {k!r}")
         self.k = k
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {"k": self.k}
-
-    def fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> Self:
+    def _fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> None:
         check_fit_data(self, data)
         bank, _ = stacked_support(data)
         if len(bank) < self.k:
             raise ValueError(f"knn: k={self.k} but the support set has only {len(bank)} features")
         self.set_state(bank=torch.nn.functional.normalize(bank, dim=-1))
-        return super().fit(data)
 
     def _score(self, features, logits, local_features) -> torch.Tensor:
         cosine = torch.nn.functional.normalize(features, dim=-1) @ self.state("bank").T
@@ -69,10 +64,10 @@ class Mahalanobis(Detector):
         super().__init__()
         self.gda: GDA | None = None
 
-    def fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> Self:
-        self.gda = GDA().fit(data)
+    def _fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> None:
+        # the distance does not depend on GDA's alpha: fix it rather than search it
+        self.gda = GDA(alpha=GDA.searches["alpha"].preferred).fit(data)
         self.info["precision"] = self.gda.selected.get("precision", {"value": "ridge"})
-        return super().fit(data)
 
     def _score(self, features, logits, local_features) -> torch.Tensor:
         return self.gda.mahalanobis_distance(features)

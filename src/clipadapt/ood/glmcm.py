@@ -10,8 +10,6 @@ logits are ``s * cos``); the local term compares every L2-normalised patch featu
 
 from __future__ import annotations
 
-from typing import Any, Self
-
 import torch
 
 from clipadapt.methods.base import FitData
@@ -29,12 +27,9 @@ class GLMCM(MCM):
         super().__init__(temperature)
         self.local_weight = float(local_weight)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return super().hyperparameters() | {"local_weight": self.local_weight}
-
-    def fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> Self:
+    def _fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> None:
         self.set_state(text=data.class_embeddings)
-        return super().fit(data)
+        super()._fit(data)
 
     def _score(self, features, logits, local_features) -> torch.Tensor:
         global_term = super()._score(features, logits, local_features)

@@ -16,8 +16,6 @@ method. All are negated confidences, so higher = more likely out-of-distribution
 
 from __future__ import annotations
 
-from typing import Any, Self
-
 import torch
 
 from clipadapt.methods.base import FitData
@@ -60,12 +58,8 @@ class MCM(Detector):
         super().__init__()
         self.temperature = _check_temperature(self.name, temperature)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {"temperature": self.temperature}
-
-    def fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> Self:
+    def _fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> None:
         self.set_state(logit_scale=scale_tensor(data))
-        return super().fit(data)
 
     def _score(self, features, logits, local_features) -> torch.Tensor:
         return -max_softmax(logits / (self.state("logit_scale") * self.temperature))
@@ -90,9 +84,6 @@ class Energy(Detector):
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         self.temperature = _check_temperature(self.name, temperature)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {"temperature": self.temperature}
 
     def _score(self, features, logits, local_features) -> torch.Tensor:
         if self.temperature == 1.0:  # skips two passes over the logits

@@ -32,8 +32,6 @@ to AUROC 0.57), so the defaults stay until more held-out data can choose them.
 
 from __future__ import annotations
 
-from typing import Any, Self
-
 import torch
 import torch.nn.functional as F
 
@@ -99,17 +97,7 @@ class PseudoOpen(Detector):
         self.max_iter = int(max_iter)
         self.seed = int(seed)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "ratio": self.ratio,
-            "mix_low": self.mix_low,
-            "mix_high": self.mix_high,
-            "penalty": self.penalty,
-            "max_iter": self.max_iter,
-            "seed": self.seed,
-        }
-
-    def fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> Self:
+    def _fit(self, data: FitData, *, encode_texts: TextEncoder | None = None) -> None:
         check_fit_data(self, data)
         x, y = stacked_support(data)
         generator = torch.Generator().manual_seed(self.seed)
@@ -128,7 +116,6 @@ class PseudoOpen(Detector):
 
         minimize_lbfgs([weight, bias], loss, self.max_iter)
         self.set_state(weight=weight, bias=bias, logit_scale=scale)
-        return super().fit(data)
 
     def _score(self, features, logits, local_features) -> torch.Tensor:
         out = unknown_class_logits(

@@ -51,6 +51,7 @@ class TowerMethod(Method):
     )
     training_free = False
     supports_new_classes: ClassVar[bool] = True
+    kept_on_fit = ("on_epoch",)
 
     def __init__(
         self,
@@ -81,16 +82,6 @@ class TowerMethod(Method):
         self._backend: Backend | None = None
         self._transfers: dict[tuple[str, ...], TowerMethod] = {}
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-            "image_path": self.image_path,
-            "precision": self.precision,
-        }
-
     def _train(
         self,
         data: FitData,
@@ -107,7 +98,7 @@ class TowerMethod(Method):
             checkpoint = Path(data.checkpoint_dir) / f"{self.name}{CHECKPOINT_SUFFIX}"
         key = run_key(
             method=self.name,
-            hyperparameters=self.hyperparameters(),
+            hyperparameters=self.get_params(),
             seed=data.seed,
             examples=examples,
             labels=data.support_labels,

@@ -69,22 +69,11 @@ class CoOp(TowerMethod):
         self.position = position
         self.kg_weight = float(kg_weight)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "n_ctx": self.n_ctx,
-            "ctx_init": self.ctx_init,
-            "class_specific": self.class_specific,
-            "position": self.position,
-            "kg_weight": self.kg_weight,
-            "text_chunk": self.text_chunk,
-            **super().hyperparameters(),
-        }
-
-    def fit(self, data: FitData) -> Self:
+    def _fit(self, data: FitData) -> None:
         check_fit_data(self, data)
         features = SupportFeatures(data, self.image_path, self.name)
         labels = data.support_labels.long()
-        return self._fit_context(
+        self._fit_context(
             data,
             features,
             data.support_features,
@@ -97,7 +86,7 @@ class CoOp(TowerMethod):
         features: Callable[[int, torch.Tensor], torch.Tensor],
         examples: torch.Tensor,
         objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    ) -> Self:
+    ) -> None:
         """Learn the context on ``objective(logits, rows)`` for batches ``rows`` of
         ``examples``, whose image features at an epoch are ``features(epoch, rows)``."""
         access = promptable_text(require_backend(data, self.name))
@@ -123,7 +112,6 @@ class CoOp(TowerMethod):
             self.set_state(
                 ctx=ctx, text=prompts.encode_chunked(ctx, self.text_chunk), logit_scale=scale
             )
-        return self
 
     @property
     def supports_new_classes(self) -> bool:  # type: ignore[override]
@@ -174,10 +162,7 @@ class CoCoOp(TowerMethod):
         self.ctx_init = ctx_init
         self._prompts: ClassPrompts | None = None
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {"n_ctx": self.n_ctx, "ctx_init": self.ctx_init, **super().hyperparameters()}
-
-    def fit(self, data: FitData) -> Self:
+    def _fit(self, data: FitData) -> None:
         check_fit_data(self, data)
         access = promptable_text(require_backend(data, self.name))
         features = SupportFeatures(data, self.image_path, self.name)
@@ -205,7 +190,6 @@ class CoCoOp(TowerMethod):
             names = ("w1", "b1", "w2", "b2")
             self.set_state(ctx=ctx, logit_scale=scale, **dict(zip(names, net, strict=True)))
         self._prompts = prompts
-        return self
 
     def attach(self, backend: Backend) -> Self:
         super().attach(backend)

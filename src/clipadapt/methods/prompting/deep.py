@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar, Self
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -139,21 +139,6 @@ class MaPLe(TowerMethod):
         )
         self.gpa_mean, self.gpa_std = float(gpa_mean), float(gpa_std)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        params = super().hyperparameters()
-        del params["image_path"]  # always re-encodes: the image side is trained
-        return {
-            "n_ctx": self.n_ctx,
-            "depth": self.depth,
-            "ctx_init": self.ctx_init,
-            "src_text": self.src_text,
-            "src_image": self.src_image,
-            "src_kl": self.src_kl,
-            "gpa_mean": self.gpa_mean,
-            "gpa_std": self.gpa_std,
-            **params,
-        }
-
     # -- prompts from parameters --------------------------------------------------------
     def _vision(self, params: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         if not self.coupled:
@@ -178,7 +163,7 @@ class MaPLe(TowerMethod):
             )
         return vision, text, int(visual.conv1.out_channels)
 
-    def fit(self, data: FitData) -> Self:
+    def _fit(self, data: FitData) -> None:
         check_fit_data(self, data)
         backend = require_backend(data, self.name)
         access = promptable_text(backend)
@@ -221,7 +206,6 @@ class MaPLe(TowerMethod):
             ):
                 text = prompts.encode_chunked(params["ctx"])
         self.set_state(text=text, logit_scale=scale, **params)
-        return self
 
     def _views(self, data: FitData) -> int:
         return 0 if data.support_views is None else len(data.support_views)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 from itertools import chain
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -80,14 +80,6 @@ class LoRAMethod(TowerMethod):
         self.rank = int(rank)
         self.alpha = float(alpha)
         self.dropout = float(dropout)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "dropout": self.dropout,
-            **super().hyperparameters(),
-        }
 
     def lora_config(self, targets: list[str]):
         from peft import LoraConfig
@@ -170,9 +162,6 @@ class TextLoRA(LoRAMethod):
         )
         self.template = template
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return _after_recipe(super().hyperparameters(), template=self.template)
-
     def _adapted(self, backend: Backend) -> tuple[PromptableText, torch.nn.Module]:
         """A LoRA-wrapped copy of ``backend``'s text tower (the backend is left untouched)."""
         adapted = copy.deepcopy(backend)
@@ -181,7 +170,7 @@ class TextLoRA(LoRAMethod):
         config = self.lora_config(TARGETS[type(access).__name__])
         return access, self._inject(config, access.module)
 
-    def fit(self, data: FitData) -> Self:
+    def _fit(self, data: FitData) -> None:
         check_fit_data(self, data)
         backend = require_backend(data, self.name)
         features = SupportFeatures(data, self.image_path, self.name)
@@ -202,7 +191,6 @@ class TextLoRA(LoRAMethod):
         self._train(data, params, loss)
         self._keep_lora(module, TARGETS[type(access).__name__])
         self.set_state(text=_encode(access, self.template, data.classnames), logit_scale=scale)
-        return self
 
     def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
         return cosine_logits(features, self.state("text"), self.state("logit_scale"))
@@ -238,6 +226,7 @@ class TextLoRA(LoRAMethod):
         method.set_state(logit_scale=torch.tensor(float(backend.logit_scale)), **tensors)
         method.selected["lora_targets"] = sorted(config["target_modules"])
         method.text_fingerprint = backend.text_fingerprint
+        method._fitted = True
         method.attach(backend)
         method.set_state(text=method.class_embeddings_for(backend, list(classnames)))
         method.classnames = list(classnames)
@@ -299,11 +288,6 @@ class ImageLoRA(FixedTextScores, LoRAMethod):
         )
         self.views = int(views)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        params = super().hyperparameters()
-        del params["image_path"]  # always re-encodes: the image side is trained
-        return _after_recipe(params, views=self.views)
-
     def _adapted(self, backend: Backend) -> tuple[Backend, torch.nn.Module, list[str]]:
         """A copy of ``backend`` with LoRA in its image tower (the backend is left untouched;
         the copy shares every tensor outside the image tower with it)."""
@@ -317,7 +301,7 @@ class ImageLoRA(FixedTextScores, LoRAMethod):
         module, _ = lora_image_tower(adapted, self.name)
         return adapted, self._inject(self.lora_config(targets), module), targets
 
-    def fit(self, data: FitData) -> Self:
+    def _fit(self, data: FitData) -> None:
         check_fit_data(self, data)
         backend = require_backend(data, self.name)
         lora_image_tower(backend, self.name)  # a clear error on a CNN before decoding images
@@ -340,7 +324,6 @@ class ImageLoRA(FixedTextScores, LoRAMethod):
         self._train(data, params, loss)
         self._keep_lora(module, targets)
         self.set_state(text=text, logit_scale=scale)
-        return self
 
     def merged_backend(self, backend: Backend) -> Backend:
         """A copy of ``backend`` whose image tower has the LoRA update merged into its weights
@@ -378,14 +361,9 @@ class ImageLoRA(FixedTextScores, LoRAMethod):
         )
         method.selected["lora_targets"] = sorted(config["target_modules"])
         method.text_fingerprint = backend.text_fingerprint
+        method._fitted = True
         method.classnames = list(classnames)
         return method.attach(backend)
-
-
-def _after_recipe(params: dict[str, Any], **own: Any) -> dict[str, Any]:
-    """``params`` with ``own`` placed after rank, alpha and dropout (the saved order)."""
-    recipe = {k: params.pop(k) for k in ("rank", "alpha", "dropout")}
-    return {**recipe, **own, **params}
 
 
 def _merge(module: torch.nn.Module) -> None:

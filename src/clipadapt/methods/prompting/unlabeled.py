@@ -22,7 +22,7 @@ share a table column).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -77,15 +77,7 @@ class PromptDistill(CoOp):
         self.teacher_params = dict(teacher_params or {})
         self.temperature = float(temperature)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "teacher": self.teacher,
-            "teacher_params": self.teacher_params,
-            "temperature": self.temperature,
-            **super().hyperparameters(),
-        }
-
-    def fit(self, data: FitData) -> Self:
+    def _fit(self, data: FitData) -> None:
         from clipadapt.methods import METHODS
 
         if self.teacher in METHODS:  # fitted on the labeled support first
@@ -106,7 +98,7 @@ class PromptDistill(CoOp):
             student = F.log_softmax(logits / t, dim=-1)
             return t * t * F.kl_div(student, target[rows], reduction="batchmean")
 
-        return self._fit_context(data, lambda _e, rows: features[rows], features, objective)
+        self._fit_context(data, lambda _e, rows: features[rows], features, objective)
 
 
 class UnsupervisedCoOp(CoOp):
@@ -122,14 +114,7 @@ class UnsupervisedCoOp(CoOp):
         self.objective = objective
         self.per_class = int(per_class)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "objective": self.objective,
-            "per_class": self.per_class,
-            **super().hyperparameters(),
-        }
-
-    def fit(self, data: FitData) -> Self:
+    def _fit(self, data: FitData) -> None:
         features = _unlabeled(self, data)
         if self.objective == "entropy":
 
@@ -141,16 +126,17 @@ class UnsupervisedCoOp(CoOp):
                     + (mean * mean.clamp_min(1e-12).log()).sum()
                 )
 
-            return self._fit_context(data, lambda _e, rows: features[rows], features, objective)
-        keep, labels = self._pseudo_labels(data, features)
-        chosen = features[keep]
-        self.selected["pseudo_labelled"] = len(keep)
-        return self._fit_context(
-            data,
-            lambda _e, rows: chosen[rows],
-            chosen,
-            lambda logits, rows: F.cross_entropy(logits, labels[rows]),
-        )
+            self._fit_context(data, lambda _e, rows: features[rows], features, objective)
+        else:
+            keep, labels = self._pseudo_labels(data, features)
+            chosen = features[keep]
+            self.selected["pseudo_labelled"] = len(keep)
+            self._fit_context(
+                data,
+                lambda _e, rows: chosen[rows],
+                chosen,
+                lambda logits, rows: F.cross_entropy(logits, labels[rows]),
+            )
 
     def _pseudo_labels(
         self, data: FitData, features: torch.Tensor

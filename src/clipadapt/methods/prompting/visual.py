@@ -11,7 +11,7 @@ sees ``x + v``. The towers stay frozen and the class embeddings are the zero-sho
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Self
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -84,12 +84,7 @@ class VisualPrompt(FixedTextScores, TowerMethod):
         self.size = int(size)
         self.views = int(views)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        params = super().hyperparameters()
-        del params["image_path"]  # always re-encodes: the image side is trained
-        return {"kind": self.kind, "size": self.size, "views": self.views, **params}
-
-    def fit(self, data: FitData) -> Self:
+    def _fit(self, data: FitData) -> None:
         check_fit_data(self, data)
         backend = require_backend(data, self.name)
         pixels = SupportPixels(backend, require_paths(data, self.name), self.views)
@@ -107,7 +102,6 @@ class VisualPrompt(FixedTextScores, TowerMethod):
         with frozen(backend_modules(backend)):
             self._train(data, [prompt], loss)
         self.set_state(prompt=prompt * mask, text=text, logit_scale=scale)
-        return self
 
     def feature_backend(self, backend: Backend) -> Backend:
         return PromptedImageBackend(backend, self.state("prompt"))
