@@ -1,15 +1,19 @@
-"""Searched hyperparameters: given values, the validation and cross-validation modes."""
+"""Searched hyperparameters: given values, the validation and cross-validation modes, and
+``auto``, the method chosen by cross-validation."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 import torch
 from test_methods import SEARCHED, make_data, one_thread  # noqa: F401 (autouse fixture)
 
-from clipadapt.methods import METHODS, DataKind, FitData, create_method
+from clipadapt.methods import METHODS, DataKind, FitData, create_method, load_method
+from clipadapt.methods import auto as auto_module
 from clipadapt.methods.gda import GDA
+from clipadapt.methods.ncm import NearestClassMean
 from clipadapt.methods.selection import Grid, GridFit, Search, SearchedMethod
 
 
@@ -189,3 +193,60 @@ def test_cross_validation_needs_two_images_per_class() -> None:
     data.selection = "cv"
     record = create_method("gda").fit(data).selected["alpha"]
     assert record["value"] == 0.1 and record["how"].startswith("preferred (a class has under 2")
+
+
+# -- auto ------------------------------------------------------------------------------------
+def test_auto_picks_by_cross_validation_and_delegates(tmp_path: Path) -> None:
+    data = make_data(text="random", seed=5)
+    method = create_method("auto").fit(data)
+    record = method.selected["method"]
+    scores = record["candidates"]
+    assert list(scores) == list(auto_module.CANDIDATES) and record["folds"] == 5
+    assert record["value"] == max(scores, key=scores.get)  # the first of the best
+    assert scores["zeroshot"] < scores[record["value"]]  # random text embeddings lose
+    cls = METHODS[record["value"]]
+    direct = cls().fit(data.only(cls.reads))
+    assert torch.equal(
+        method.predict_logits(data.val_features), direct.predict_logits(data.val_features)
+    )
+    assert method.selected == {"method": record, **direct.selected}
+    loaded = load_method(method.save(tmp_path / "auto"))
+    assert type(loaded) is cls and loaded.selected == method.selected
+    assert torch.equal(
+        loaded.predict_logits(data.val_features), method.predict_logits(data.val_features)
+    )
+
+
+@pytest.mark.parametrize("order", [("ncm", "zeroshot"), ("zeroshot", "ncm")])
+def test_auto_breaks_ties_towards_the_earlier_candidate(order: tuple[str, str]) -> None:
+    method = create_method("auto", candidates=order).fit(make_data())  # both classify all
+    assert method.selected["method"]["candidates"] == dict.fromkeys(order, 1.0)
+    assert method.selected["method"]["value"] == order[0]
+
+
+def test_auto_candidates_see_only_the_labelled_few_shot_images(monkeypatch) -> None:
+    seen: list[torch.Tensor] = []
+
+    class Spy(NearestClassMean):
+        def _fit(self, data: FitData) -> None:
+            seen.append(data.support_features)
+            assert data.unlabeled_features is None and data.backend is None
+            super()._fit(data)
+
+        def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
+            seen.append(features)
+            return super().predict_logits(features)
+
+    monkeypatch.setitem(auto_module.CANDIDATES, "ncm", Spy)
+    data = make_data()
+    data.unlabeled_features = torch.randn(5, 32)  # not read: auto reads labelled kinds only
+    create_method("auto", candidates=["ncm"]).fit(data.only(METHODS["auto"].reads))
+    pool = torch.cat([data.support_features, data.val_features])
+    for features in seen:
+        rows_of(features, pool)
+    assert len(seen) == 11  # 5 folds x (fit, predict), then the chosen fit
+
+
+def test_auto_rejects_unknown_candidates() -> None:
+    with pytest.raises(ValueError, match="candidates \\['coop'\\]: choose among zeroshot, ncm"):
+        create_method("auto", candidates=["coop"])

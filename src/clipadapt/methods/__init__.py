@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from clipadapt.methods.auto import Auto
 from clipadapt.methods.base import DataKind, FitData, Method, NotFittedError, read_config
 from clipadapt.methods.clip_adapter import ClipAdapter
 from clipadapt.methods.gda import GDA
@@ -52,6 +53,7 @@ METHODS: dict[str, type[Method]] = {
         UnsupervisedCoOp,
         MaPLe,
         IVLP,
+        Auto,
     )
 }
 
@@ -77,6 +79,7 @@ __all__ = [
     "GDA",
     "IVLP",
     "METHODS",
+    "Auto",
     "ClipAdapter",
     "CoCoOp",
     "CoOp",
