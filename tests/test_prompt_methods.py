@@ -18,7 +18,7 @@ from clipadapt.adapted import adapt
 from clipadapt.data import load_image_folder
 from clipadapt.features import extract_features
 from clipadapt.methods import METHODS, FitData, NearestClassMean, create_method, load_method
-from clipadapt.methods.prompting.base import frozen
+from clipadapt.methods.prompting.base import PRECISIONS, frozen
 from clipadapt.methods.prompting.context import ClassPrompts, init_context
 from clipadapt.methods.prompting.teacher import teacher_logits
 from clipadapt.models import create_backend
@@ -27,6 +27,17 @@ from clipadapt.prompts import PromptSet, class_embeddings
 from clipadapt.views import augmented_view_name
 
 NAMES = ["dog", "cat", "house"]
+
+
+def relative_change(changed: torch.Tensor, reference: torch.Tensor) -> float:
+    """``||changed - reference|| / ||reference||``: effects are asserted against this, with
+    thresholds far below the effect and far above float32 rounding (~1e-7), so no CPU's
+    arithmetic decides them."""
+    return float((changed - reference).detach().norm() / reference.detach().norm())
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(autouse=True)
@@ -122,18 +133,30 @@ def test_context_and_class_tokens_sit_where_coop_puts_them(position, open_clip_b
         assert torch.equal(embeds[c, name_at : name_at + n], name_embeds)
 
 
-def test_gradients_reach_only_the_context(open_clip_backend, images) -> None:
+def test_gradients_reach_only_the_context(open_clip_backend) -> None:
     access = promptable_text(open_clip_backend)
     prompts = ClassPrompts(access, NAMES, n_ctx=4)
-    ctx = init_context(access, 4, None, torch.Generator().manual_seed(0))
+    ctx = init_context(access, 4, None, gen(0))
+    target = torch.randn(len(NAMES), open_clip_backend.embed_dim, generator=gen(2))
+
+    def objective(context: torch.Tensor) -> torch.Tensor:
+        return (prompts.encode(context)[0] * target).sum()
+
     with frozen(access.module):
-        before = prompts.encode(ctx)
-        before.sum().backward()
-    assert ctx.grad is not None and ctx.grad.abs().sum() > 0
+        objective(ctx).backward()
     assert all(p.grad is None for p in open_clip_backend.model.parameters())
+    # the gradient is the context's own: it predicts how the objective changes along a random
+    # direction (a constant shift would not do: the first LayerNorm removes it)
+    direction = torch.randn(ctx.shape, generator=gen(1))
+    direction *= float(ctx.detach().norm()) / direction.norm()  # a change of the context's size
     with torch.no_grad():
-        after = prompts.encode(ctx + 0.1)
-    assert not torch.allclose(before, after)
+        step = 0.01 * direction
+        change = objective(ctx + step) - objective(ctx - step)
+        predicted = 2 * (ctx.grad * step).sum()
+        assert abs(change - predicted) < 0.05 * abs(predicted)
+        # and the context matters: a change of its size moves the output
+        moved = prompts.encode(ctx + direction)
+        assert relative_change(moved, prompts.encode(ctx)) > 0.05  # 0.3-0.5 on the tiny model
 
 
 def test_chunked_backward_gives_the_same_gradient(open_clip_backend) -> None:
@@ -189,18 +212,28 @@ def test_save_load_round_trip_gives_identical_logits(
 
 
 @pytest.mark.parametrize("name", ["coop", "visual_prompt"])
-def test_bf16_autocast_trains_close_to_fp32(name, open_clip_backend, images) -> None:
+def test_bf16_autocast_trains_close_to_fp32(name, open_clip_backend, images, monkeypatch) -> None:
     data = fit_data(open_clip_backend, images)
     options = {"size": 4} if name == "visual_prompt" else {}
+    autocast: list[torch.dtype | None] = []  # per loss evaluation: the autocast dtype, if on
+    cross_entropy = F.cross_entropy
+
+    def spy(*args, **kwargs):
+        on = torch.is_autocast_enabled("cpu")
+        autocast.append(torch.get_autocast_dtype("cpu") if on else None)
+        return cross_entropy(*args, **kwargs)
+
+    monkeypatch.setattr(F, "cross_entropy", spy)
     logits = []
     for precision in ("fp32", "bf16"):
+        autocast.clear()
         method = create_method(name, epochs=2, precision=precision, **options).fit(data)
+        assert autocast and set(autocast) == {PRECISIONS[precision]}
         backend = method.feature_backend(open_clip_backend)
         features = extract_features(backend, images, progress=False).features
         logits.append(method.predict_logits(features))
     full, mixed = logits
-    assert not torch.equal(full, mixed)  # bf16 did run
-    assert (full - mixed).abs().max() < 0.01 * full.abs().max()
+    assert (full - mixed).abs().max() < 0.01 * full.abs().max()  # observed: below 0.001
     with pytest.raises(ValueError, match="precision 'fp16'"):
         create_method(name, precision="fp16")
 
@@ -406,7 +439,8 @@ def test_a_saved_image_side_teacher_encodes_the_images_itself(
     own = extract_features(prompt.feature_backend(open_clip_backend), images, progress=False)
     assert record == {"saved": saved}
     assert torch.allclose(logits, prompt.predict_logits(own.features), atol=1e-5)
-    assert not torch.allclose(logits, prompt.predict_logits(data.unlabeled_features), atol=1e-3)
+    plain = prompt.predict_logits(data.unlabeled_features)
+    assert relative_change(plain, logits) > 5e-4  # 0.007 on the tiny model
 
 
 def test_pseudo_labels_keep_the_most_confident_per_class(open_clip_backend, images) -> None:
@@ -463,9 +497,8 @@ def test_visual_prompt_changes_only_its_border(open_clip_backend, images) -> Non
     prompted = method.feature_backend(open_clip_backend)
     assert prompted.image_fingerprint != open_clip_backend.image_fingerprint
     plain = extract_features(open_clip_backend, images[:2], progress=False).features
-    assert not torch.allclose(
-        extract_features(prompted, images[:2], progress=False).features, plain
-    )
+    features = extract_features(prompted, images[:2], progress=False).features
+    assert relative_change(features, plain) > 0.01  # 0.15 on the tiny model
 
 
 # -- deep prompts on a ViT ----------------------------------------------------------------
@@ -507,7 +540,8 @@ def test_deep_vision_prompts_are_appended_and_replaced_per_layer(
         shifted = [v + torch.randn(v.shape, generator=noise) for v in vision]
         with block_prompts(blocks, [vision[0], shifted[1]], "append"):
             deeper = open_clip_backend.encode_image_batch(pixels)
-    assert not torch.allclose(out, plain) and not torch.allclose(out, deeper)
+    assert relative_change(out, plain) > 1e-3  # 0.06 on the tiny model
+    assert relative_change(deeper, out) > 1e-3  # 0.03-0.05
 
 
 def test_deep_text_prompts_replace_the_context_states_after_the_first_layer(
@@ -529,7 +563,7 @@ def test_deep_text_prompts_replace_the_context_states_after_the_first_layer(
         handle.remove()
     assert torch.equal(seen[0][:, 1:3], deep.expand(3, -1, -1))
     with torch.no_grad():
-        assert not torch.allclose(with_deep, prompts.encode(params["ctx"]))
+        assert relative_change(with_deep, prompts.encode(params["ctx"])) > 0.01  # 0.27
 
 
 def test_deep_prompt_errors(open_clip_backend, images) -> None:
@@ -612,7 +646,7 @@ def test_image_lora_trains_only_adapters_and_changes_the_image_features(
     assert adapted.image_fingerprint != image_fp
     assert adapted.text_fingerprint == text_fp
     features = extract_features(adapted, images, progress=False).features
-    assert not torch.allclose(features, plain, atol=1e-4)
+    assert relative_change(features, plain) > 1e-3  # 0.03 on the tiny model
     # save/load and the adapter on its own give identical features and logits
     loaded = load_method(method.save(tmp_path / "saved"))
     again = loaded.feature_backend(backend)
@@ -644,7 +678,7 @@ def test_image_lora_gradients_reach_only_the_adapters(open_clip_backend) -> None
         n.removeprefix("visual.") for n in grads
     }
     assert all(p.grad is None for p in open_clip_backend.model.parameters())
-    assert not torch.allclose(adapted.encode_images(pixels), before, atol=1e-4)
+    assert relative_change(adapted.encode_images(pixels), before) > 0.01  # 0.37
     assert torch.equal(open_clip_backend.encode_images(pixels), before)
 
 
