@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tiny_models import save_tiny_hf_clip, save_tiny_open_clip
 
-from clipadapt.adapted import adapt
-from clipadapt.data import load_image_folder
+from clipadapt.feature_cache import FeatureCache
 from clipadapt.features import extract_features
 from clipadapt.methods import METHODS, FitData, NearestClassMean, create_method, load_method
 from clipadapt.methods.prompting.base import PRECISIONS, frozen
@@ -383,56 +381,52 @@ def test_distillation_fits_a_named_teacher_on_the_same_shots(
         create_method("prompt_distill", teacher=str(tmp_path), teacher_params={"a": 1}).fit(data)
 
 
+def adapted_on(backend, method, directory: Path, classnames: list[str]) -> str:
+    """Save ``method`` with the ``adapted`` block ``clipadapt adapt`` writes (the part a
+    teacher reads: the backend's spec and image fingerprint, the class names)."""
+    model = {"spec": backend.info.spec, "image_fingerprint": backend.image_fingerprint}
+    block = {"model": model, "classes": {"classnames": classnames}}
+    return str(method.save(directory, {"adapted": block}))
+
+
 def test_distillation_from_a_model_adapted_on_another_backend(
-    open_clip_backend, hf_backend, images, tmp_path, monkeypatch
+    open_clip_backend, hf_backend, images, tmp_path
 ) -> None:
-    monkeypatch.setenv("CLIPADAPT_CACHE_DIR", str(tmp_path / "cache"))
-    for path in images:  # the same images as a class-folder dataset for `adapt`
-        target = tmp_path / "folder" / NAMES[int(Path(path).name[0])] / Path(path).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, target)
-    dataset = load_image_folder(tmp_path / "folder")
-    dataset.classnames = list(NAMES)  # folder order is sorted; keep the test's class order
-    dataset.class_ids = list(NAMES)
-    dataset.samples = [
-        dataclasses.replace(s, label=NAMES.index(s.path.parent.name)) for s in dataset.samples
-    ]
-    out = tmp_path / "teacher"
-    adapt(
-        hf_backend,
-        dataset,
-        out,
-        method="ncm",
-        shots=2,
-        test_fraction=0,
-        views=0,
-        ood_score=None,
-        progress=False,
-    )
+    hf_data = fit_data(hf_backend, images, views=0)
+    teacher = create_method("ncm").fit(hf_data)
+    out = adapted_on(hf_backend, teacher, tmp_path / "teacher", NAMES)
     data = fit_data(open_clip_backend, images)
-    student = create_method("prompt_distill", teacher=str(out), epochs=10, lr=5e-2).fit(data)
-    assert student.selected["teacher"] == {"saved": str(out), "model": hf_backend.info.spec}
-    hf_features = extract_features(hf_backend, images, progress=False).features
-    teacher = load_method(out)
-    target = teacher.predict(hf_features)
+    data.feature_cache = FeatureCache(tmp_path / "cache")
+    student = create_method("prompt_distill", teacher=out, epochs=10, lr=5e-2).fit(data)
+    assert student.selected["teacher"] == {"saved": out, "model": hf_backend.info.spec}
+    target = teacher.predict(hf_data.support_features)
     agree = (student.predict(data.unlabeled_features) == target).float().mean()
     zeroshot = (data.unlabeled_features @ data.class_embeddings.T).argmax(-1)
     assert agree >= (zeroshot == target).float().mean()
-    assert list((tmp_path / "cache").iterdir())  # the teacher's features went to the cache
+    again = extract_features(hf_backend, images, cache=data.feature_cache, progress=False)
+    assert again.cached == len(images)  # the teacher encoded through the configured cache
     data.unlabeled_paths = None
     with pytest.raises(ValueError, match="unlabeled_paths is needed"):
-        create_method("prompt_distill", teacher=str(out), epochs=1).fit(data)
+        create_method("prompt_distill", teacher=out, epochs=1).fit(data)
     data = fit_data(open_clip_backend, images)
     data.classnames = ["a", "b", "c"]
     with pytest.raises(ValueError, match="was adapted on classes"):
-        create_method("prompt_distill", teacher=str(out), epochs=1).fit(data)
+        create_method("prompt_distill", teacher=out, epochs=1).fit(data)
+    moved = adapted_on(hf_backend, teacher, tmp_path / "moved", NAMES)
+    config = json.loads((Path(moved) / "config.json").read_text())
+    config["adapted"]["model"]["image_fingerprint"] = "other"
+    (Path(moved) / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="adapt the teacher again"):
+        create_method("prompt_distill", teacher=moved, epochs=1).fit(
+            fit_data(open_clip_backend, images)
+        )
 
 
 def test_a_saved_image_side_teacher_encodes_the_images_itself(
     open_clip_backend, images, tmp_path, monkeypatch
 ) -> None:
     monkeypatch.setenv("CLIPADAPT_CACHE_DIR", str(tmp_path / "cache"))
-    data = fit_data(open_clip_backend, images)
+    data = fit_data(open_clip_backend, images)  # FitData.feature_cache None: no cache
     prompt = create_method("visual_prompt", epochs=1, size=4).fit(data)
     saved = str(prompt.save(tmp_path / "teacher"))
     logits, record = teacher_logits("s", saved, {}, data, data.unlabeled_features)
@@ -441,6 +435,7 @@ def test_a_saved_image_side_teacher_encodes_the_images_itself(
     assert torch.allclose(logits, prompt.predict_logits(own.features), atol=1e-5)
     plain = prompt.predict_logits(data.unlabeled_features)
     assert relative_change(plain, logits) > 5e-4  # 0.007 on the tiny model
+    assert not (tmp_path / "cache").exists()  # the default cache was not opened
 
 
 def test_pseudo_labels_keep_the_most_confident_per_class(open_clip_backend, images) -> None:

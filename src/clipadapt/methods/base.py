@@ -71,6 +71,7 @@ class FitData:
     unlabeled_paths: list[str] | None = None  # (U,) image files of the unlabeled set
     checkpoint_dir: Path | None = None  # where training methods checkpoint each epoch
     selection: str = "validation"  # one of SELECTION_MODES
+    feature_cache: Any = None  # the configured FeatureCache for features a method computes
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

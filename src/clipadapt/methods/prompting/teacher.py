@@ -7,9 +7,10 @@ Three kinds of teacher:
 * a method saved on the student's backend (``Method.save`` or ``clipadapt adapt``): its
   ``predict_logits`` runs on the student's cached features, or, if it adapted the image side
   (visual prompts, image LoRA, MaPLe), on the unlabeled image files encoded through it;
-* a model adapted with ``clipadapt adapt`` on another, typically larger, backend: that
-  backend is rebuilt from the recorded spec, checked against the recorded fingerprint, and
-  encodes the unlabeled image files itself (through the default feature cache).
+* a model adapted with ``clipadapt adapt`` on another, typically larger, backend (the
+  ``adapted`` block of its ``config.json`` names it): that backend is rebuilt from the
+  recorded spec, checked against the recorded fingerprint, and encodes the unlabeled image
+  files itself (through ``FitData.feature_cache`` when given).
 """
 
 from __future__ import annotations
@@ -82,24 +83,28 @@ def _saved_teacher_logits(
     """Logits of a saved teacher: on the student's features when it reads the same image
     features, else on features its own backend (the recorded one, or the student's wrapped
     by the teacher's image-side adaptation) computes from the unlabeled image files."""
-    from clipadapt.adapted import check_backend, load_adapted
     from clipadapt.methods import load_method
     from clipadapt.models import create_backend
 
     record: dict[str, Any] = {"saved": str(directory)}
-    model = read_config(directory).get("adapted", {}).get("model")
-    if model is None or model["image_fingerprint"] == data.backend.image_fingerprint:
-        method, backend = load_method(directory), data.backend
-    else:
-        adapted = load_adapted(directory)
-        if adapted.info["classes"]["classnames"] != data.classnames:
+    adapted = read_config(directory).get("adapted", {})
+    model = adapted.get("model")
+    method, backend = load_method(directory), data.backend
+    if model is not None and model["image_fingerprint"] != data.backend.image_fingerprint:
+        classnames = adapted["classes"]["classnames"]
+        if classnames != data.classnames:
             raise ValueError(
-                f"{student}: teacher {directory} was adapted on classes "
-                f"{adapted.info['classes']['classnames']}, the student fits {data.classnames}"
+                f"{student}: teacher {directory} was adapted on classes {classnames}, "
+                f"the student fits {data.classnames}"
             )
         backend = create_backend(model["spec"])
-        check_backend(adapted, backend, directory)
-        method, record["model"] = adapted.method, model["spec"]
+        if backend.image_fingerprint != model["image_fingerprint"]:
+            raise ValueError(
+                f"{student}: teacher {directory} was adapted on image features of "
+                f"{model['spec']!r} with fingerprint {model['image_fingerprint']}, but that "
+                f"backend now gives {backend.image_fingerprint}; adapt the teacher again"
+            )
+        record["model"] = model["spec"]
     method.attach(backend)
     if backend is data.backend and type(method).feature_backend is Method.feature_backend:
         with torch.no_grad():
@@ -109,20 +114,14 @@ def _saved_teacher_logits(
             f"{student}: teacher {directory} needs its own image features, computed from the "
             "unlabeled image files: FitData.unlabeled_paths is needed"
         )
-    return _encoded_logits(method, backend, data.unlabeled_paths), record
+    return _encoded_logits(method, backend, data.unlabeled_paths, data.feature_cache), record
 
 
-def _encoded_logits(method: Method, backend: Backend, paths: list[str]) -> torch.Tensor:
-    """``method``'s logits on ``paths`` encoded by its feature backend (default cache)."""
-    from clipadapt.feature_cache import FeatureCache
+def _encoded_logits(method: Method, backend: Backend, paths: list[str], cache: Any) -> torch.Tensor:
+    """``method``'s logits on ``paths`` encoded by its feature backend (through ``cache``, a
+    ``FeatureCache``, when not None)."""
     from clipadapt.features import extract_features
 
-    cache = FeatureCache()
-    try:
-        encoded = extract_features(
-            method.feature_backend(backend), paths, cache=cache, progress=False
-        )
-    finally:
-        cache.close()
+    encoded = extract_features(method.feature_backend(backend), paths, cache=cache, progress=False)
     with torch.no_grad():
         return method.predict_logits(encoded.features)
