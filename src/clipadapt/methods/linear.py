@@ -21,7 +21,10 @@ from clipadapt.methods.selection import (
 from clipadapt.methods.training import minimize_lbfgs
 
 Linear = tuple[torch.Tensor, torch.Tensor]
-C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+C_GRID = tuple(10.0 ** (k / 2) for k in range(-12, 13))
+"""The CLIP paper's range for the inverse regularisation, 1e-6 to 1e6, at half-decade steps
+(the paper sweeps 96 log-spaced values, then refines): few-shot seeds prefer values far
+below the 0.03 that an earlier grid of 0.03-100 started at."""
 PENALTY_GRID = (10000.0, 3000.0, 1000.0, 300.0, 100.0, 30.0, 10.0, 1.0, 0.1)
 
 
