@@ -14,7 +14,14 @@ from clipadapt.methods import METHODS, DataKind, FitData, create_method, load_me
 from clipadapt.methods import auto as auto_module
 from clipadapt.methods.gda import GDA
 from clipadapt.methods.ncm import NearestClassMean
-from clipadapt.methods.selection import Grid, GridFit, Search, SearchedMethod
+from clipadapt.methods.selection import (
+    Grid,
+    GridFit,
+    Search,
+    Searchable,
+    SearchedMethod,
+    search_value,
+)
 
 
 def rows_of(part: torch.Tensor, pool: torch.Tensor) -> list[int]:
@@ -34,9 +41,9 @@ class Flat(SearchedMethod):
         "b": Search((5.0, 6.0), 6.0, stronger="high"),
     }
 
-    def __init__(self, a=None, b=None) -> None:
+    def __init__(self, a: Searchable = None, b: Searchable = None) -> None:
         super().__init__()
-        self.a, self.b = a, b
+        self.a, self.b = search_value("a", a), search_value("b", b)
 
     def _fit_grid(self, data: FitData, grid: Grid) -> GridFit:
         sizes = (len(grid["a"]), len(grid["b"]))

@@ -30,7 +30,7 @@ import dataclasses
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from sklearn.model_selection import StratifiedKFold
@@ -54,7 +54,7 @@ class Search:
 
     grid: tuple[float, ...]
     preferred: float
-    stronger: str
+    stronger: Literal["low", "high"]
 
     def strength_order(self, values: Sequence[float]) -> list[int]:
         """Rank of each value, 0 = strongest regularisation."""
