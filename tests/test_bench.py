@@ -14,12 +14,12 @@ from bench_fakes import ColorBackend, make_domains, make_folder
 from clipadapt.bench.config import BenchConfig, read_config_file
 from clipadapt.bench.protocols import base_novel_classes, harmonic_mean
 from clipadapt.bench.report import write_report
-from clipadapt.bench.results import find_results, read_result
 from clipadapt.bench.runner import run_bench
 from clipadapt.cli import main
 from clipadapt.data import DatasetError, load_dataset
 from clipadapt.features import extract_features
 from clipadapt.methods import METHODS, DataKind, FitData, Method
+from clipadapt.pipeline.results import find_results, read_result
 
 
 class Spy(Method):
@@ -88,8 +88,8 @@ def test_fit_never_sees_test_images_and_only_what_it_reads(domains, tmp_path, ba
         Spy.seen, sorted(p for p in summary.ran if "/spy/" in str(p)), strict=True
     ):
         result = read_result(result_path)
-        source = result["sources"][0]
-        split = json.loads((cfg.out / result["split_files"][source]).read_text())
+        source = result.sources[0]
+        split = json.loads((cfg.out / result.split_files[source]).read_text())
         root = loaded[source].root
         forbidden = [root / e["path"] for e in split["test"]]
         forbidden += [p for d, ds in loaded.items() if d != source for p in ds.paths]
@@ -100,7 +100,7 @@ def test_fit_never_sees_test_images_and_only_what_it_reads(domains, tmp_path, ba
             assert len(rows) and torch.cdist(rows, test_features).min() > 1e-4
         assert not {str(p) for p in forbidden} & set(data.support_paths + data.unlabeled_paths)
         assert data.backend is None and data.unlabeled_includes_test is False
-        assert result["transductive"] is False and result["views"] == 2
+        assert result.transductive is False and result.views == 2
     for data in SupportSpy.seen:
         assert data.support_features is not None and data.support_views is None
         assert data.val_features is None and data.unlabeled_features is None
@@ -112,17 +112,17 @@ def test_single_source_results_name_their_inputs(domains, tmp_path, backend) -> 
     assert len(summary.ran) == 2 * 2 * 2 * 2  # sources x methods x shots x seeds
     path = tmp_path / "out/single_source/colors/bright/ncm/K2_s1.json"
     result = read_result(path)
-    assert [t["name"] for t in result["targets"]] == ["bright", "dark"]
-    assert [t["part"] for t in result["targets"]] == ["test", "all"]
-    assert result["metrics"]["dark"]["n"] == 3 * 14
-    assert result["summary"]["other_domains_mean"] == result["metrics"]["dark"]["acc1"]
-    assert result["n_support"] == 2 * 3 and result["n_val"] == 2 * 3
-    assert result["hyperparameters"] == {} and result["selected"] == {}
-    assert (tmp_path / "out" / result["split_files"]["bright"]).is_file()
-    assert set(result["data_fingerprint"]) == {"bright", "dark"}
+    assert [t["name"] for t in result.targets] == ["bright", "dark"]
+    assert [t["part"] for t in result.targets] == ["test", "all"]
+    assert result.metrics["dark"]["n"] == 3 * 14
+    assert result.summary["other_domains_mean"] == result.metrics["dark"]["acc1"]
+    assert result.n_support == 2 * 3 and result.n_val == 2 * 3
+    assert result.hyperparameters == {} and result.selected == {}
+    assert (tmp_path / "out" / result.split_files["bright"]).is_file()
+    assert set(result.data_fingerprint) == {"bright", "dark"}
     for key in ("model_fingerprint", "config_hash", "peak_memory_mb", "package_version"):
-        assert result[key]
-    assert set(result["timing"]) == {"fit_seconds", "predict_seconds"}
+        assert getattr(result, key)
+    assert set(result.timing) == {"fit_seconds", "predict_seconds"}
 
 
 def test_variants_of_one_method_run_side_by_side(domains, tmp_path, backend) -> None:
@@ -132,9 +132,9 @@ def test_variants_of_one_method_run_side_by_side(domains, tmp_path, backend) -> 
     assert len(summary.ran) == 2
     variant = read_result(tmp_path / "out/single_source/colors/bright/tip_flat/K2_s1.json")
     plain = read_result(tmp_path / "out/single_source/colors/bright/tip_adapter/K2_s1.json")
-    assert variant["method"] == "tip_flat" and variant["config"]["variant_of"] == "tip_adapter"
-    assert variant["hyperparameters"]["beta"] == 1.0 != plain["hyperparameters"]["beta"]
-    assert "variant_of" not in plain["config"]
+    assert variant.method == "tip_flat" and variant.config["variant_of"] == "tip_adapter"
+    assert variant.hyperparameters["beta"] == 1.0 != plain.hyperparameters["beta"]
+    assert "variant_of" not in plain.config
     with pytest.raises(ValueError, match="unknown method 'nope' \\(for 'x'\\)"):
         run_bench(config(domains, tmp_path, methods={"x": {"method": "nope"}}), backend=backend)
 
@@ -149,15 +149,15 @@ def test_transductive_methods_get_the_test_images_and_say_so(domains, tmp_path, 
     tested = read_result(tmp_path / "out/single_source/colors/bright/spy_td/K2_s1.json")
     test_paths = {  # every image the run is scored on: bright's test split and all of dark
         str(loaded["bright"].root / e["path"])
-        for e in json.loads((cfg.out / tested["split_files"]["bright"]).read_text())["test"]
+        for e in json.loads((cfg.out / tested.split_files["bright"]).read_text())["test"]
     } | {str(p) for p in loaded["dark"].paths}
     assert set(transductive.unlabeled_paths) == test_paths
     assert len(transductive.unlabeled_features) == len(test_paths)
     assert not test_paths & set(inductive.unlabeled_paths)
     assert transductive.unlabeled_includes_test and not inductive.unlabeled_includes_test
-    assert tested["transductive"] is True and tested["config"]["unlabeled"] == "test"
+    assert tested.transductive is True and tested.config["unlabeled"] == "test"
     plain = read_result(tmp_path / "out/single_source/colors/bright/spy/K2_s1.json")
-    assert plain["transductive"] is False and "unlabeled" not in plain["config"]
+    assert plain.transductive is False and "unlabeled" not in plain.config
     rows = list(csv.DictReader(write_report(cfg.out, tmp_path / "report")["csv"].open()))
     assert {r["method"] for r in rows} == {"spy", "spy_td (transductive)"}
     figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
@@ -191,7 +191,7 @@ def test_rerun_skips_finished_runs_and_refuses_other_configs(domains, tmp_path, 
     ):
         run_bench(changed, backend=backend, progress=False)
     redone = run_bench(changed, backend=backend, overwrite=True, progress=False)
-    assert read_result(redone.ran[0])["config"]["views"] in (0, 3)
+    assert read_result(redone.ran[0]).config["views"] in (0, 3)
 
 
 def test_results_of_an_incompatible_version_are_refused(domains, tmp_path, backend) -> None:
@@ -210,15 +210,15 @@ def test_base_to_novel_splits_classes_and_reports_transfer(tmp_path, backend) ->
     cfg = config(root, tmp_path, protocol="base_to_novel", methods="zeroshot,ncm,clip_adapter")
     run_bench(cfg, backend=backend, progress=False)
     zs = read_result(cfg.out / "base_to_novel/four/four/zeroshot/K2_s1.json")
-    assert [t["classnames"] for t in zs["targets"]] == [["blue", "gold"], ["green", "red"]]
-    base, novel = zs["summary"]["base"], zs["summary"]["novel"]
-    assert zs["summary"]["hm"] == pytest.approx(2 * base * novel / (base + novel))
-    assert zs["metrics"]["novel"]["n"] == 2 * 4  # round(12 * 0.3) test images per class
+    assert [t["classnames"] for t in zs.targets] == [["blue", "gold"], ["green", "red"]]
+    base, novel = zs.summary["base"], zs.summary["novel"]
+    assert zs.summary["hm"] == pytest.approx(2 * base * novel / (base + novel))
+    assert zs.metrics["novel"]["n"] == 2 * 4  # round(12 * 0.3) test images per class
     ncm = read_result(cfg.out / "base_to_novel/four/four/ncm/K2_s1.json")
-    assert ncm["metrics"]["novel"] is None and ncm["summary"]["hm"] is None
-    assert ncm["n_support"] == 2 * 2  # base classes only
+    assert ncm.metrics["novel"] is None and ncm.summary["hm"] is None
+    assert ncm.n_support == 2 * 2  # base classes only
     adapter = read_result(cfg.out / "base_to_novel/four/four/clip_adapter/K2_s1.json")
-    assert adapter["summary"]["novel"] is not None
+    assert adapter.summary["novel"] is not None
 
 
 def test_harmonic_mean_and_class_halves() -> None:
@@ -235,8 +235,8 @@ def test_lodo_fits_on_every_other_domain(tmp_path, backend) -> None:
     cfg = config(root, tmp_path, protocol="lodo", sources=("dark",), shots=(2,), seeds=(1,))
     run_bench(cfg, backend=backend, progress=False)
     result = read_result(cfg.out / "lodo/colors/dark/ncm/K2_s1.json")
-    assert result["sources"] == ["bright", "pale"] and result["n_support"] == 2 * 3 * 2
-    assert result["targets"][0] | {"classnames": None} == {
+    assert result.sources == ["bright", "pale"] and result.n_support == 2 * 3 * 2
+    assert result.targets[0] | {"classnames": None} == {
         "name": "dark", "domain": "dark", "part": "all", "role": "held_out", "classes": None,
         "classnames": None, "n": 3 * 14,
     }  # fmt: skip
@@ -251,7 +251,7 @@ def test_too_many_shots_names_the_class_or_uses_all(tmp_path, backend) -> None:
     cfg = config(root, tmp_path, protocol="fewshot", shots=(4,), on_too_few="use_all")
     summary = run_bench(cfg, backend=backend, progress=False)
     result = read_result(summary.ran[0])
-    assert result["shortfalls"]["small"]["red"] == {"available": 3, "support": 2, "val": 1}
+    assert result.shortfalls["small"]["red"] == {"available": 3, "support": 2, "val": 1}
 
 
 def test_single_source_needs_domains(tmp_path, backend) -> None:
@@ -272,7 +272,7 @@ def test_report_writes_csv_markdown_and_html(domains, tmp_path, backend) -> None
     ]
     assert len(ncm) == 1 and ncm[0]["seeds"] == "2" and 0 <= float(ncm[0]["acc1_mean"]) <= 1
     values = [
-        read_result(p)["metrics"]["dark"]["acc1"]
+        read_result(p).metrics["dark"]["acc1"]
         for p in find_results(cfg.out)
         if "bright/ncm/K2" in str(p)
     ]
@@ -328,10 +328,10 @@ def test_tower_methods_get_the_backend_and_are_scored_through_their_features(
     }
     cfg = config(root, tmp_path, protocol="base_to_novel", methods=methods, shots=(1,), seeds=(1,))
     summary = run_bench(cfg, backend=backend, progress=False)
-    results = {r["method"]: r for r in map(read_result, summary.ran)}
+    results = {r.method: r for r in map(read_result, summary.ran)}
     assert set(results) == set(methods)
-    assert results["coop"]["summary"]["novel"] is not None  # learned prompts, new class names
+    assert results["coop"].summary["novel"] is not None  # learned prompts, new class names
     visual = results["visual_prompt"]
-    assert visual["feature_fingerprint"] != visual["image_fingerprint"]
-    assert results["coop"]["feature_fingerprint"] == results["coop"]["image_fingerprint"]
+    assert visual.feature_fingerprint != visual.image_fingerprint
+    assert results["coop"].feature_fingerprint == results["coop"].image_fingerprint
     assert not list(cfg.out.rglob("*.ckpt"))  # checkpoints only live while a fit runs

@@ -9,10 +9,9 @@ import pytest
 from bench_fakes import ColorBackend, make_domains, make_folder
 
 from clipadapt.bench.config import BenchConfig
-from clipadapt.bench.ood import load_scores, scores_path
 from clipadapt.bench.report import write_report
-from clipadapt.bench.results import find_results, read_result
 from clipadapt.bench.runner import run_bench
+from clipadapt.pipeline.results import find_results, load_scores, read_result, scores_path
 
 DETECTORS = ("msp", "mcm", "energy", "knn", "mahalanobis")
 
@@ -46,17 +45,17 @@ def test_ood_protocols_run_write_scores_and_report(tmp_path: Path) -> None:
     summary = run_bench(config, backend=ColorBackend(), progress=False)
     assert len(summary.ran) == 3 * 2 * 2  # protocols x methods x seeds
     paths = find_results(config.out)
-    results = {(r["protocol"], r["method"], r["seed"]): r for r in map(read_result, paths)}
+    results = {(r.protocol, r.method, r.seed): r for r in map(read_result, paths)}
     near = results[("near_ood", "ncm", 1)]
-    assert near["task"] == "open_set"
-    assert near["open_set"]["known_classes"] == ["blue", "gold"]
-    assert near["open_set"]["unknown"] == ["green", "red"]
-    target = near["metrics"]["targets"]["bright"]
+    assert near.task == "open_set"
+    assert near.open_set["known_classes"] == ["blue", "gold"]
+    assert near.open_set["unknown"] == ["green", "red"]
+    target = near.metrics["targets"]["bright"]
     for detector in DETECTORS:
         m = target["scores"][detector]
         assert {"AUROC", "FPR95", "AUPR_IN", "AUPR_OUT", "OSCR", "H_score", "threshold"} <= set(m)
-    assert list(results[("open_set_dg", "ncm", 1)]["metrics"]["targets"]) == ["dark"]
-    assert list(results[("far_ood", "zeroshot", 2)]["metrics"]["targets"]) == ["grey"]
+    assert list(results[("open_set_dg", "ncm", 1)].metrics["targets"]) == ["dark"]
+    assert list(results[("far_ood", "zeroshot", 2)].metrics["targets"]) == ["grey"]
     path = config.out / "near_ood" / "colors" / "bright" / "ncm" / "K2_s1.json"
     scores = load_scores(path)
     ids, oods = scores["bright"]["knn"]
@@ -102,10 +101,10 @@ def test_tower_methods_and_patch_scores_in_the_ood_protocols(tmp_path, tiny_open
         cache_dir=tmp_path / "cache",
     )
     summary = run_bench(config, backend=backend, progress=False)
-    results = {r["method"]: r for r in map(read_result, summary.ran)}
+    results = {r.method: r for r in map(read_result, summary.ran)}
     assert set(results) == set(methods)
     visual = results["visual_prompt"]
-    assert visual["feature_fingerprint"] != visual["image_fingerprint"]
+    assert visual.feature_fingerprint != visual.image_fingerprint
     for r in results.values():
-        scores = r["metrics"]["targets"]["bright"]["scores"]
+        scores = r.metrics["targets"]["bright"]["scores"]
         assert {"msp", "knn", "gl_mcm"} <= set(scores) and "AUROC" in scores["gl_mcm"]

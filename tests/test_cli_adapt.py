@@ -73,7 +73,7 @@ def test_adapt_then_predict_writes_one_csv_row_per_image(folder, tmp_path, backe
         assert [float(s) for _, s in top] == sorted((float(s) for _, s in top), reverse=True)
     assert "17 predictions written to" in capsys.readouterr().out
     assert main(["-q", "predict", str(model), str(images[0])]) == 0
-    assert capsys.readouterr().out.startswith("path,label,score,top5\n")
+    assert capsys.readouterr().out.startswith("path,label,class_id,score,margin,top5\n")
 
     loaded = load_adapted(model)
     in_memory = adapt(
@@ -109,7 +109,9 @@ def test_adapt_calibrates_unknown_and_predict_rejects_unseen_classes(
     images = [str(unseen / "gold"), str(folder / "red"), str(folder / "blue")]
     assert main(["-q", "predict", str(model), *images, "--output", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
-    assert list(rows[0]) == ["path", "label", "score", "top5", "ood_score"]
+    assert list(rows[0]) == [
+        "path", "label", "class_id", "score", "margin", "top5", "ood_score"
+    ]  # fmt: skip
     gold = [r for r in rows if "/gold/" in r["path"]]
     known = [r for r in rows if "/gold/" not in r["path"]]
     assert sum(r["label"] == "unknown" for r in gold) >= 0.8 * len(gold)
@@ -145,7 +147,7 @@ def test_adapt_errors_are_clear(folder, tmp_path, backend, capsys) -> None:
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     assert main(adapt_args(folder, tmp_path / "busy")) == 2
-    assert "is not a clipadapt model directory" in capsys.readouterr().err
+    assert "holds files that are not a clipadapt model" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "busy"), str(folder)]) == 2
     assert "config.json: not found; is" in capsys.readouterr().err
 
@@ -177,3 +179,25 @@ def test_a_prompt_learner_predicts_after_loading(tmp_path, tiny_open_clip_dir, c
     assert main(["-q", "predict", str(model), str(folder / "red")]) == 0  # needs the text tower
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == 8 and all(r["label"] in {"blue", "green", "red", "unknown"} for r in rows)
+
+
+def test_adapt_never_deletes_a_directory_it_did_not_write(tmp_path, capsys, monkeypatch) -> None:
+    """A project folder with its own config.json, a file and a sub-folder survives --out."""
+    folder = make_folder(tmp_path / "colors", {"blue": 8, "red": 8})
+    project = tmp_path / "proj"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text("{}")
+    (project / "keep.txt").write_text("x")
+    (project / "src" / "main.py").write_text("print(1)")
+    before = sorted(p.relative_to(project) for p in project.rglob("*"))
+    assert main(adapt_args(folder, project)) == 2
+    assert "not a clipadapt model" in capsys.readouterr().err
+    assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
+    assert (project / "config.json").read_text() == "{}"
+    assert not list(tmp_path.glob(".proj*"))  # no staging or .old leftovers
+    monkeypatch.chdir(project)
+    assert main(adapt_args(folder, Path("."))) == 2
+    assert "not '.' itself" in capsys.readouterr().err
+    assert main(adapt_args(folder, project / "keep.txt")) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert sorted(p.relative_to(project) for p in project.rglob("*")) == before

@@ -10,25 +10,24 @@ import torch
 import torch.nn.functional as F
 from test_methods import make_data, one_thread  # noqa: F401 (one_thread: autouse fixture)
 
+from clipadapt.bench.plots import png_bytes, roc_curves, score_histogram
+from clipadapt.bench.protocols import (
+    FAR_OOD,
+    NEAR_OOD,
+    OOD_PREFIX,
+    OPEN_SET_DG,
+    hold_out_classes,
+    settings,
+)
 from clipadapt.data import load_dataset
 from clipadapt.methods import create_method
 from clipadapt.models import create_backend
 from clipadapt.ood import OOD_LABEL, create_detector
 from clipadapt.ood.local import NoLocalFeaturesError, encode_local_features
-from clipadapt.ood.plots import figure_png, roc_curves, score_histogram
-from clipadapt.ood.protocols import (
-    FAR_OOD,
-    NEAR_OOD,
-    OPEN_SET_DG,
-    FeatureSet,
-    class_holdout_task,
-    evaluate_open_set,
-    extract_task_features,
-    far_ood_task,
-    hold_out_classes,
-    task_fit_data,
-)
-from clipadapt.prompts import class_embeddings, make_prompt_set
+from clipadapt.pipeline.experiment import Experiment
+from clipadapt.pipeline.openset import FeatureSet, evaluate_open_set
+from clipadapt.pipeline.task import Splits
+from clipadapt.prompts import make_prompt_set
 from tests.conftest import make_image_folder
 
 CLASSES = {"bird": 8, "ant": 8, "cat": 8, "dog": 8}
@@ -51,37 +50,46 @@ def test_hold_out_classes_sorts_by_name():
         hold_out_classes(names, num_known=7)
 
 
-def test_class_holdout_task_never_trains_on_unknown_or_test_images(domains):
-    task = class_holdout_task(domains, sources=["photo"], num_known=2, shots=2, seed=3)
-    assert task.known_classes == ["ant", "bird"] and task.unknown == ["cat", "dog"]
-    assert {t: task.targets[t].protocol for t in task.targets} == {
-        "photo": NEAR_OOD,
-        "paint": OPEN_SET_DG,
-    }
-    fitted = {task.train.samples[i].path for i in task.split.support + task.split.val}
+def experiment(domains, tmp_path, backend) -> Experiment:
+    splits = Splits(
+        domains, tmp_path / "splits", split_seed=1, test_fraction=0.3, on_too_few="error"
+    )
+    return Experiment(backend, domains, splits, make_prompt_set("default"), progress=False)
+
+
+def test_class_holdout_settings_never_train_on_unknown_or_test_images(domains, tmp_path):
+    from bench_fakes import ColorBackend
+
+    near = settings(NEAR_OOD, "pacs", domains, ("photo",), known_classes=2)[0]
+    dg = settings(OPEN_SET_DG, "pacs", domains, ("photo",), known_classes=2)[0]
+    ids = domains["photo"].class_ids
+    assert [ids[c] for c in near.classes] == ["ant", "bird"] and near.classes == dg.classes
+    assert [t.name for t in dg.targets] == ["paint"] and near.open_set and dg.open_set
+    run = experiment(domains, tmp_path, ColorBackend())
+    data = run.gather(near, 2, 3, views=0, unlabeled=True)
+    assert len(data.support_labels) == 2 * 2 and set(data.support_labels.tolist()) == {0, 1}
+    fitted = {Path(p) for p in data.support_paths + data.unlabeled_paths}
     assert all(p.parent.name in {"ant", "bird"} and "photo" in p.parts for p in fitted)
-    for target in task.targets.values():
-        assert not fitted & set(target.known.paths) and not fitted & set(target.unknown.paths)
-        assert (target.unknown.labels == OOD_LABEL).all()
-        assert {p.parent.name for p in target.unknown.paths} == {"cat", "dog"}
-    photo = task.targets["photo"]
-    assert len(photo.known.paths) == 2 * 2 and len(photo.unknown.paths) == 2 * 2  # 30% of 8
-    assert len(task.targets["paint"].known.paths) == 16  # every image of a held-out domain
-    two = class_holdout_task(domains, sources=["photo", "paint"], num_known=2, shots=2)
-    assert {t.protocol for t in two.targets.values()} == {NEAR_OOD}
-    assert all("photo" in p.parts for p in two.targets["photo"].known.paths)
-    assert task.describe()["targets"]["photo"] == {
-        "protocol": NEAR_OOD,
-        "n_known": 4,
-        "n_unknown": 4,
-    }
+    for target in (*near.targets, *dg.targets):
+        for images in (target.known, target.unknown):
+            dataset = domains[images.domain]
+            paths = {dataset.samples[i].path for i in run.splits.indices(images)}
+            assert not fitted & paths
+        unknown = domains[target.unknown.domain]
+        names = {unknown.samples[i].path.parent.name for i in run.splits.indices(target.unknown)}
+        assert names == {"cat", "dog"}
+    photo = near.targets[0]
+    assert len(run.splits.indices(photo.known)) == 2 * 2  # 30% of 8, per known class
+    assert len(run.splits.indices(dg.targets[0].known)) == 16  # every image of another domain
 
 
-def test_far_ood_task_tests_every_ood_image(domains):
-    task = far_ood_task(domains["photo"], {"paint": domains["paint"]}, shots=2)
-    assert task.unknown == ["paint"] and task.targets["paint"].protocol == FAR_OOD
-    assert len(task.targets["paint"].unknown.paths) == 32
-    assert len(task.targets["paint"].known.paths) == 4 * 2
+def test_far_ood_setting_tests_every_ood_image(domains, tmp_path):
+    with_ood = {"photo": domains["photo"], OOD_PREFIX + "paint": domains["paint"]}
+    far = settings(FAR_OOD, "pacs", with_ood, ("photo",), ood_data=["paint"])[0]
+    assert far.classes is None and [t.name for t in far.targets] == ["paint"]
+    splits = experiment(with_ood, tmp_path, None).splits
+    assert len(splits.indices(far.targets[0].unknown)) == 32
+    assert len(splits.indices(far.targets[0].known)) == 4 * 2
 
 
 def synthetic_sets(seed: int):
@@ -130,17 +138,16 @@ def test_local_features_of_tiny_vits(kind: str, tiny_open_clip_dir: Path, tiny_h
     assert not torch.allclose(local[:, 0], local[:, 1])
 
 
-def test_gl_mcm_runs_end_to_end_on_a_tiny_vit(domains, tiny_open_clip_dir: Path):
+def test_gl_mcm_runs_end_to_end_on_a_tiny_vit(domains, tmp_path, tiny_open_clip_dir: Path):
     backend = create_backend(f"local-dir:{tiny_open_clip_dir}")
-    task = class_holdout_task(domains, sources=["photo"], num_known=2, shots=2, targets=["photo"])
-    features = extract_task_features(task, backend, local=True, progress=False)
-    assert features.val.local_features.shape == (4, 16, 16)
-    assert features.support.local_features is None  # support patches are never needed
-    text = class_embeddings(backend, task.classnames, make_prompt_set("default"))
-    data = task_fit_data(task, features, text, backend.logit_scale)
-    method = create_method("zeroshot").fit(data)
-    detectors = {"gl_mcm": create_detector("gl_mcm").fit(data)}
-    metrics = evaluate_open_set(method, detectors, features.val, features.targets).metrics
+    near = settings(NEAR_OOD, "pacs", domains, ("photo",), known_classes=2)[0]
+    run = experiment(domains, tmp_path, backend)
+    data = run.gather(near, 2, 1, views=0, unlabeled=False)
+    fitted = run.fit(create_method("zeroshot"), near, data, seed=1)
+    detectors = run.fit_detectors(near, data, ("gl_mcm",), seed=1)
+    val = run.val_features(fitted, near, 2, 1, local=True)
+    assert val.local_features.shape == (4, 16, 16)
+    metrics = run.evaluate_open_set(fitted, near, detectors, 2, 1, accept=0.95).metrics
     assert 0.0 <= metrics["targets"]["photo"]["scores"]["gl_mcm"]["AUROC"] <= 1.0
 
 
@@ -151,4 +158,4 @@ def test_figures_render_to_png():
         score_histogram(ids, oods, title="mcm", threshold=1.2),
         roc_curves({"mcm": (ids, oods), "knn": (ids, oods + 1)}, title="photo"),
     ):
-        assert figure_png(figure).startswith(b"\x89PNG")
+        assert png_bytes(figure).startswith(b"\x89PNG")

@@ -23,40 +23,29 @@ import torch
 
 from clipadapt import __version__
 from clipadapt.atomic import atomic_write_text
-from clipadapt.bench.config import DEFAULT_VIEWS
-from clipadapt.bench.featurebank import FeatureBank
-from clipadapt.bench.fitting import (
-    fit_data,
-    gather,
-    reads_unlabeled,
-    score,
-    timed_fit,
-    torch_threads,
-    views_given,
-)
-from clipadapt.data import ImageDataset, few_shot, is_image_file, train_test_split
+from clipadapt.data import ImageDataset, is_image_file
 from clipadapt.data.errors import DatasetError
+from clipadapt.defaults import DEFAULT_VIEWS
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.features import extract_features
 from clipadapt.methods import Method, create_method, load_method
-from clipadapt.methods.base import FitData, read_config
+from clipadapt.methods.base import read_config
 from clipadapt.models.base import Backend
-from clipadapt.ood import (
-    UNKNOWN,
-    OpenSetClassifier,
-    ScoreInput,
-    cached_text_encoder,
-    create_detector,
-)
+from clipadapt.ood import UNKNOWN, OpenSetClassifier, ScoreInput
 from clipadapt.ood.local import extract_local_features
 from clipadapt.ood.openset import CONFIG_KEY as OPEN_SET_KEY
-from clipadapt.prompts import class_embeddings, make_prompt_set
+from clipadapt.pipeline.experiment import Experiment, Fitted
+from clipadapt.pipeline.fitting import reads_unlabeled, torch_threads, views_given
+from clipadapt.pipeline.openset import false_unknown_rate
+from clipadapt.pipeline.task import TEST, Images, Setting, Splits, Target
+from clipadapt.prompts import make_prompt_set
 
 ADAPTED_FORMAT = "clipadapt.adapted/1"
 DEFAULT_OOD_SCORE = "knn"
-"""The detector ``adapt`` calibrates by default: k-nearest-neighbour distance to the support
-features. It reads image features only, so it works on top of every method (including those
-without logits-based confidence worth trusting) and did well on PACS near OOD with ``lite``."""
+DEFAULT_OOD_REASON = (
+    "the default: k-nearest-neighbour distance to the support features reads image features "
+    "only, so it works on top of every method, and did well on PACS near OOD with lite"
+)
 SPLIT_FILE = "split.json"
 TOP_K = 5
 
@@ -73,6 +62,36 @@ class Adapted:
     def class_ids(self) -> list[str]:
         return self.info["classes"]["class_ids"]
 
+    @property
+    def classnames(self) -> list[str]:
+        return self.info["classes"]["classnames"]
+
+
+def check_model_dir(out: str | os.PathLike[str]) -> Path:
+    """Where ``adapt`` may write a model: a new path, an empty directory, or a directory that
+    holds a clipadapt adapted model (replaced whole). Anything else is refused, before any
+    work is done: the user's own files are never deleted."""
+    target = Path(out)
+    if target.resolve() == Path.cwd().resolve() or target.name in ("", ".", ".."):
+        raise ValueError(f"--out {out}: name a directory for the model, not '{out}' itself")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--out {out} is a file; name a new or empty directory for the model")
+    if target.is_dir() and any(target.iterdir()) and not is_adapted_dir(target):
+        raise ValueError(
+            f"--out {out} holds files that are not a clipadapt model; choose a new or empty "
+            "directory (nothing was changed)"
+        )
+    return target
+
+
+def is_adapted_dir(directory: Path) -> bool:
+    """True when ``directory/config.json`` records a model written by ``adapt``."""
+    try:
+        info = read_config(directory).get("adapted")
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("format") == ADAPTED_FORMAT
+
 
 def adapt(
     backend: Backend,
@@ -88,6 +107,7 @@ def adapt(
     split_seed: int = 1,
     test_fraction: float = 0.3,
     on_too_few: str = "error",
+    selection: str = "validation",
     cache: FeatureCache | None = None,
     skip_bad: bool = False,
     progress: bool = True,
@@ -96,7 +116,8 @@ def adapt(
 ) -> Adapted:
     """Fit ``method`` on ``shots`` images per class of ``dataset`` and save it to ``out``.
 
-    With ``test_fraction`` > 0 a seeded test split is held out first (never seen by the fit)
+    The few-shot protocol of ``clipadapt bench`` on one dataset, through the same pipeline:
+    with ``test_fraction`` > 0 a seeded test split is held out first (never seen by the fit)
     and both the method and zero-shot CLIP are scored on it; with 0 every image may be drawn.
 
     With ``ood_score`` (a detector name, default ``knn``; None to skip) a detector is fitted
@@ -104,62 +125,53 @@ def adapt(
     validation set only (accepting ``accept`` of it); both are saved with the model
     (``OpenSetClassifier.save``) so that ``predict`` says ``unknown`` for rejected images.
     """
-    fitted = create_method(method, **(hyperparameters or {}))
-    if test_fraction > 0:
-        pool = train_test_split(dataset, test_fraction=test_fraction, seed=split_seed)
-    else:
-        pool = dataset
-    split = few_shot(pool, shots=shots, seed=seed, on_too_few=on_too_few)
-    bank = FeatureBank(backend, cache, skip_bad=skip_bad, progress=progress)
-    bank.ensure(dataset, split.support + split.val + split.test)
-    given_views = views_given(fitted, views)
-    data = gather(bank, [split], views=given_views, unlabeled=reads_unlabeled(fitted))
-    prompts = make_prompt_set(templates, classnames=dataset.classnames)
-    text = class_embeddings(backend, dataset.classnames, prompts)
-    inputs = fit_data(
-        fitted,
-        data,
-        class_embeddings=text,
-        logit_scale=backend.logit_scale,
-        classnames=dataset.classnames,
-        seed=seed,
-        backend=backend,
+    target = check_model_dir(out)
+    fitted_method = create_method(method, **(hyperparameters or {}))
+    domain = dataset.name.replace("/", "_")
+    splits = Splits(
+        {domain: dataset},
+        target,
+        split_seed=split_seed,
+        test_fraction=test_fraction,
+        on_too_few=on_too_few,
     )
-    fit_seconds = timed_fit(fitted, inputs)
-    adapted_bank = bank
-    if fitted.feature_backend(backend) is not backend:  # the method changed the image side
-        adapted_bank = FeatureBank(fitted.feature_backend(backend), cache, progress=progress)
+    experiment = Experiment(
+        backend,
+        {domain: dataset},
+        splits,
+        make_prompt_set(templates, classnames=dataset.classnames),
+        cache=cache,
+        views=views,
+        selection=selection,
+        skip_bad=skip_bad,
+        progress=progress,
+    )
+    tests = (Target(domain, "in_domain", Images(domain, TEST)),) if test_fraction > 0 else ()
+    setting = Setting("fewshot", dataset.name, domain, (domain,), tests)
+    split = splits.few_shot(domain, shots, seed)
+    experiment.bank.ensure(dataset, split.support + split.val + split.test)
+    given_views = views_given(fitted_method, views)
+    data = experiment.gather(
+        setting, shots, seed, views=given_views, unlabeled=reads_unlabeled(fitted_method)
+    )
+    fitted = experiment.fit(fitted_method, setting, data, seed=seed)
     open_set = None
     if ood_score is not None:
-        val = bank.readable(dataset, split.val)
-        open_set = _calibrate_open_set(
-            ood_score,
-            fitted,
-            backend,
-            data,
-            text,
-            dataset,
-            val,
-            adapted_bank.rows(dataset, val) if adapted_bank is not bank else None,
-            seed=seed,
-            accept=accept,
-            cache=cache,
-        )
+        open_set = _calibrate_open_set(experiment, fitted, setting, ood_score, shots, seed, accept)
     evaluation: dict[str, Any] | None = None
-    if split.test:
-        test = bank.readable(dataset, split.test)
-        plain, labels = bank.rows(dataset, test), dataset.labels[test]
-        features = plain
-        if adapted_bank is not bank:
-            features = adapted_bank.rows(dataset, test)
-        zeroshot = create_method("zeroshot").fit(inputs)
+    if tests:
+        zeroshot = experiment.fit(create_method("zeroshot"), setting, data, seed=seed)
+        scored = experiment.evaluate(fitted, setting)[0][domain]
         evaluation = {
             "split": "test",
-            "n": len(test),
-            "zeroshot": score(zeroshot.predict_logits, plain, labels)[0],
-            method: score(fitted.predict_logits, features, labels)[0],
+            "n": scored["n"],
+            "zeroshot": experiment.evaluate(zeroshot, setting)[0][domain],
+            method: scored,
         }
         if open_set is not None and not open_set.needs_local_features:
+            test = tests[0].known
+            plain = experiment.rows(test)
+            features = experiment.rows(test, fitted.bank)
             with torch_threads(), torch.inference_mode():
                 scores = open_set.scores(plain, method_features=features)
             evaluation["known_accepted"] = float((scores <= open_set.threshold).float().mean())
@@ -174,13 +186,17 @@ def adapt(
             "text_fingerprint": backend.text_fingerprint,
         },
         "classes": {"class_ids": dataset.class_ids, "classnames": dataset.classnames},
-        "prompts": {"templates": list(prompts.templates), "source": prompts.source},
+        "prompts": {
+            "templates": list(experiment.prompts.templates),
+            "source": experiment.prompts.source,
+        },
         "data": {"name": dataset.name, "root": str(dataset.root), "fingerprint": split.fingerprint},
         "fewshot": {
             "shots": shots,
             "seed": seed,
             "val_per_class": split.val_per_class,
             "views": given_views,
+            "selection": selection,
             "split_seed": split_seed if test_fraction > 0 else None,
             "test_fraction": test_fraction,
             "on_too_few": on_too_few,
@@ -189,62 +205,48 @@ def adapt(
             "n_val": len(data.val_labels),
             "split_file": SPLIT_FILE,
         },
-        "fit_seconds": round(fit_seconds, 6),
-        "skipped": bank.skipped,
+        "fit_seconds": round(fitted.fit_seconds, 6),
+        "open_set": None
+        if open_set is None
+        else {
+            "detector": ood_score,
+            "why": DEFAULT_OOD_REASON if ood_score == DEFAULT_OOD_SCORE else "chosen by the user",
+            "false_unknown_rate": false_unknown_rate(len(data.val_labels), accept),
+        },
+        "skipped": dataset.skipped + experiment.bank.skipped,
         "evaluation": evaluation,
     }
 
     def write(directory: Path) -> None:
-        if open_set is None:
-            fitted.save(directory, {"adapted": info})
-        else:
-            open_set.save(directory, {"adapted": info})
+        saved = fitted_method if open_set is None else open_set
+        saved.save(directory, {"adapted": info})
         split.save(directory / SPLIT_FILE)
 
-    _replace_directory(Path(out), write)
-    return Adapted(fitted, info, open_set)
+    _replace_directory(target, write)
+    return Adapted(fitted_method, info, open_set)
 
 
 def _calibrate_open_set(
+    experiment: Experiment,
+    fitted: Fitted,
+    setting: Setting,
     name: str,
-    method: Method,
-    backend: Backend,
-    data,
-    text: torch.Tensor,
-    dataset: ImageDataset,
-    val: list[int],
-    val_method_features: torch.Tensor | None,
-    *,
+    shots: int,
     seed: int,
     accept: float,
-    cache: FeatureCache | None,
 ) -> OpenSetClassifier:
     """Fit detector ``name`` on the support data; threshold on the validation set only."""
-    detector = create_detector(name)
-    full = FitData(
-        class_embeddings=text,
-        logit_scale=backend.logit_scale,
-        classnames=list(dataset.classnames),
-        support_features=data.support,
-        support_labels=data.support_labels,
-        support_views=data.views,
-        val_features=data.val,
-        val_labels=data.val_labels,
-        seed=seed,
-    )
-    with torch_threads():
-        detector.fit(full, encode_texts=cached_text_encoder(backend, cache))
-    local = None
-    if ScoreInput.LOCAL_FEATURES in detector.uses:
-        local = extract_local_features(backend, [dataset.samples[i].path for i in val])
+    detector = experiment.fit_detectors(setting, fitted.data, (name,), seed)[name]
+    local = ScoreInput.LOCAL_FEATURES in detector.uses
+    val = experiment.val_features(fitted, setting, shots, seed, local=local)
     with torch_threads(), torch.inference_mode():
         return OpenSetClassifier.calibrate(
-            method,
+            fitted.method,
             detector,
-            data.val,
+            val.features,
             accept=accept,
-            val_method_features=val_method_features,
-            val_local_features=local,
+            val_method_features=val.method_features,
+            val_local_features=val.local_features,
         )
 
 
@@ -300,8 +302,11 @@ def predict(
     skip_bad: bool = False,
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """One row per readable image: path, label, score (softmax of the top class), top-5;
-    and the list of skipped images. A model saved with an "unknown" threshold labels the
+    """One row per readable image: path, label (the class name the model stores), class_id
+    (its folder name), score (softmax probability of the top class), margin (top-1 minus
+    top-2 logit: the log-odds between the two best classes, informative where the
+    probability rounds to 1), top-5 names with probabilities; and the list of skipped images.
+    A model saved with an "unknown" threshold labels the
     images whose OOD score exceeds it ``unknown`` (top-5 keeps the closed-set guesses) and
     adds the ``ood_score`` column."""
     method = adapted.method
@@ -320,17 +325,22 @@ def predict(
         with torch_threads(), torch.inference_mode():
             ood = open_set.scores(plain, method_features=feats.features, local_features=local)
     with torch_threads(), torch.inference_mode():
-        probs = method.predict_logits(feats.features).softmax(dim=-1)
+        logits = method.predict_logits(feats.features).double()
+    probs = logits.softmax(dim=-1)  # float64: GDA's logits saturate a float32 softmax
     top = probs.topk(min(TOP_K, probs.shape[1]), dim=-1)
-    names = adapted.class_ids
+    best = logits.topk(min(2, logits.shape[1]), dim=-1).values
+    margins = best[:, 0] - best[:, -1]
+    names = adapted.classnames
     rows = []
     for row, index in enumerate(feats.indices):
         values, classes = top.values[row].tolist(), top.indices[row].tolist()
         entry = {
-            "path": str(paths[index]),
+            "path": str(paths[index]),  # undecodable bytes kept (surrogate escapes)
             "label": names[classes[0]],
-            "score": f"{values[0]:.4f}",
-            "top5": ";".join(f"{names[c]}:{v:.4f}" for c, v in zip(classes, values, strict=True)),
+            "class_id": adapted.class_ids[classes[0]],
+            "score": f"{values[0]:.6f}",
+            "margin": f"{float(margins[row]):.4g}",
+            "top5": ";".join(f"{names[c]}:{v:.6f}" for c, v in zip(classes, values, strict=True)),
         }
         if ood is not None:
             value = float(ood[row])
@@ -343,7 +353,7 @@ def predict(
 
 def predictions_csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    columns = ["path", "label", "score", "top5"]
+    columns = ["path", "label", "class_id", "score", "margin", "top5"]
     if rows and "ood_score" in rows[0]:
         columns.append("ood_score")
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
@@ -357,14 +367,9 @@ def write_predictions(rows: list[dict[str, Any]], output: str | os.PathLike[str]
 
 
 def _replace_directory(target: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory beside ``target`` with ``write(dir)``, then swap it into place.
-
-    Refuses to replace a non-empty directory that is not an adapted model.
-    """
-    if target.exists() and any(target.iterdir()) and not (target / "config.json").is_file():
-        raise ValueError(
-            f"{target} exists and is not a clipadapt model directory; choose an empty or new --out"
-        )
+    """Write a directory beside ``target`` with ``write(dir)``, then swap it into place;
+    an existing ``target`` must be an adapted model (``check_model_dir``)."""
+    check_model_dir(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:

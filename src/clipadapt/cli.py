@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from clipadapt import __version__
-from clipadapt.bench.config import DEFAULT_VIEWS, PROTOCOLS
+from clipadapt.bench.config import PROTOCOLS
 from clipadapt.data import ImageDataset, load_dataset
 from clipadapt.data.errors import DatasetError
+from clipadapt.defaults import DEFAULT_VIEWS, SELECTION_MODES
 from clipadapt.demo import DEMO_METHOD
+from clipadapt.paths import display_path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,10 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("adapt", help="fit one method on a labeled folder and save the model")
     _model_args(p)
     _data_args(p)
-    p.add_argument("--method", default="gda", help="method name (default: gda)")
+    p.add_argument(
+        "--method",
+        default="gda",
+        help="method name, or 'auto' to choose among the training-free and linear methods by "
+        "cross-validation on the few-shot images (default: gda)",
+    )
     p.add_argument("--shots", type=int, default=16, help="images per class to fit on")
     p.add_argument("--seed", type=int, default=1, help="few-shot sampling seed")
     p.add_argument("--views", type=int, default=DEFAULT_VIEWS, help="augmented views per image")
+    p.add_argument(
+        "--selection",
+        choices=SELECTION_MODES,
+        default="validation",
+        help="how searched hyperparameters are chosen: on the few-shot validation set, or by "
+        "k-fold cross-validation over support + validation (default: validation)",
+    )
     p.add_argument("--templates", default="default", help="template set or file")
     p.add_argument("--split-seed", type=int, default=1)
     p.add_argument(
@@ -107,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="OOD score whose 'unknown' threshold is calibrated on the few-shot validation set "
         "and saved with the model (default: knn, k-nearest-neighbour distance to the support "
         "features; see clipadapt.ood.DETECTORS)",
+    )
+    p.add_argument(
+        "--accept",
+        type=float,
+        default=0.95,
+        help="share of the validation images the 'unknown' threshold accepts (default: 0.95)",
     )
     p.add_argument(
         "--no-ood", action="store_true", help="save no 'unknown' threshold (closed-set only)"
@@ -152,6 +173,11 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
         "--accept", type=float, help="validation share an OOD threshold accepts (default: 0.95)"
     )
     p.add_argument("--methods", help="comma-separated method names (default: all)")
+    p.add_argument(
+        "--selection",
+        choices=SELECTION_MODES,
+        help="hyperparameter selection (default: validation)",
+    )
     p.add_argument("--shots", help="comma-separated shot counts (default: 1,2,4,8,16)")
     p.add_argument("--seeds", help="comma-separated seeds (default: 1,2,3)")
     p.add_argument("--sources", help="source domains (held-out ones for lodo; default: all)")
@@ -227,12 +253,20 @@ def cmd_embed(args: argparse.Namespace) -> None:
             )
             labels = torch.from_numpy(dataset.labels[feats.indices])
             tensors = {"features": feats.features, "labels": labels}
-            meta = {"model": backend.info.spec, "image_fingerprint": backend.image_fingerprint}
+            meta = {
+                "model": backend.info.spec,
+                "image_fingerprint": backend.image_fingerprint,
+                "view": args.view,
+                # row i is the image paths[i]; labels index class_ids (as split files do)
+                "paths": json.dumps([str(dataset.samples[i].path) for i in feats.indices]),
+                "class_ids": json.dumps(dataset.class_ids),
+                "classnames": json.dumps(dataset.classnames),
+            }
             atomic_write(target, lambda p, t=tensors, m=meta: save_file(t, str(p), metadata=m))
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> None:
-    from clipadapt.bench.results import write_result
+    from clipadapt.atomic import atomic_write_json
     from clipadapt.bench.zeroshot import run_zeroshot
     from clipadapt.prompts import make_prompt_set
 
@@ -256,7 +290,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> None:
             progress=not args.quiet,
         )
         if target:
-            write_result(result, target)
+            atomic_write_json(target, result)
         rows.append(result)
     if not args.quiet:
         print(format_metrics_table(rows))
@@ -322,8 +356,23 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:
-    from clipadapt.adapted import adapt
+    from clipadapt.adapted import adapt, check_model_dir
+    from clipadapt.methods import create_method
+    from clipadapt.ood import DETECTORS
 
+    check_model_dir(args.out)
+    create_method(args.method)  # an unknown method fails here, before any model loads
+    if not args.no_ood and args.ood_score not in DETECTORS:
+        raise ValueError(
+            f"unknown OOD score {args.ood_score!r} (--ood-score); use one of {', '.join(DETECTORS)}"
+        )
+    for flag, value, minimum in (("--shots", args.shots, 1), ("--views", args.views, 0)):
+        if value < minimum:
+            raise ValueError(f"{flag} must be an integer >= {minimum}, got {value}")
+    if not 0 < args.accept <= 1:
+        raise ValueError(f"--accept must be in (0, 1], got {args.accept}")
+    if not 0 <= args.test_fraction < 1:
+        raise ValueError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
     dataset = _single_dataset(args)
     adapted = adapt(
         _backend(args),
@@ -337,10 +386,12 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         split_seed=args.split_seed,
         test_fraction=args.test_fraction,
         on_too_few=args.on_too_few,
+        selection=args.selection,
         cache=_cache(args),
         skip_bad=args.skip_bad,
         progress=not args.quiet,
         ood_score=None if args.no_ood else args.ood_score,
+        accept=args.accept,
     )
     print(format_adapted(adapted))
     print(f"model saved to {args.out}; label images with: clipadapt predict {args.out} <images>")
@@ -369,15 +420,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     for item in skipped:
-        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+        print(f"skipped {display_path(item['path'])}: {item['reason']}", file=sys.stderr)
     if args.output:
         print(f"{len(rows)} predictions written to {write_predictions(rows, args.output)}")
-    else:
-        sys.stdout.write(predictions_csv(rows))
+    else:  # file names that are not UTF-8 go out as the bytes they are
+        sys.stdout.flush()
+        sys.stdout.buffer.write(predictions_csv(rows).encode("utf-8", "surrogateescape"))
+        sys.stdout.buffer.flush()
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from clipadapt.bench.results import write_result
+    from clipadapt.atomic import atomic_write_json
     from clipadapt.demo import run_demo
 
     result = run_demo(
@@ -388,7 +441,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     print(format_demo(result))
-    print(f"results written to {write_result(result, args.output_dir / 'result.json').parent}")
+    written = atomic_write_json(args.output_dir / "result.json", result)
+    print(f"results written to {written.parent}")
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -445,10 +499,14 @@ def format_adapted(adapted) -> str:
     )
     evaluation = info["evaluation"]
     if adapted.open_set is not None:
-        o = adapted.open_set
+        o, about = adapted.open_set, info["open_set"]
+        rate = about["false_unknown_rate"]
         head += (
             f"\nunknown threshold: {o.detector.name} score > {o.threshold:.4g} "
-            f"(accepts {o.accept:.0%} of the few-shot validation set)"
+            f"({about['why']}); set to accept {o.accept:.0%} of the {rate['n_val']} few-shot "
+            f"validation images, so about {rate['expected']:.1%} of known-class images will be "
+            f"called unknown ({rate['level']:.0%} interval {rate['low']:.1%}-{rate['high']:.1%} "
+            "at this validation size)"
         )
     if evaluation is None:
         return head + "; no test split held out (--test-fraction 0), so no accuracy to report"

@@ -36,9 +36,9 @@ def run_demo(
         predict,
         write_predictions,
     )
-    from clipadapt.bench.results import base_result
     from clipadapt.data import load_dataset, load_split
     from clipadapt.models import create_backend
+    from clipadapt.pipeline.results import base_result
 
     output_dir = Path(output_dir)
     backend = create_backend(DEMO_MODEL)

@@ -9,7 +9,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -22,7 +21,7 @@ from clipadapt.bench.protocols import (
     OTHER_DOMAIN,
     OTHERS_MEAN,
 )
-from clipadapt.bench.results import find_results, read_result
+from clipadapt.pipeline.results import RunResult, find_results, read_result
 
 PRIMARY_ROLES: dict[str, tuple[str, ...]] = {
     "fewshot": (IN_DOMAIN,),
@@ -81,7 +80,7 @@ class Cell:
         return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
 
 
-def load_results(root: str | Path) -> list[dict[str, Any]]:
+def load_results(root: str | Path) -> list[RunResult]:
     """Every result under ``root`` (refusing incompatible ones); an error if there are none."""
     paths = find_results(root)
     if not paths:
@@ -92,26 +91,24 @@ def load_results(root: str | Path) -> list[dict[str, Any]]:
     return [read_result(path) for path in paths]
 
 
-def aggregate(results: Iterable[dict[str, Any]]) -> dict[Key, Cell]:
+def aggregate(results: Iterable[RunResult]) -> dict[Key, Cell]:
     """Cells keyed by (protocol, dataset, source group, target, role, method, shots)."""
     cells: dict[Key, Cell] = defaultdict(Cell)
     for r in results:
-        entries = [
-            (t["name"], t["role"], r["metrics"][t["name"]], t["classnames"]) for t in r["targets"]
-        ]
-        summary = r["summary"]
+        entries = [(t["name"], t["role"], r.metrics[t["name"]], t["classnames"]) for t in r.targets]
+        summary = r.summary
         for role, label in DERIVED_TARGETS.items():
             if role in summary:
                 entries.append((label, role, {"acc1": summary[role]}, None))
         method = method_label(r)
         for target, role, metrics, classnames in entries:
-            key = Key(r["protocol"], r["dataset"], r["group"], target, role, method, r["shots"])
+            key = Key(r.protocol, r.dataset, r.group, target, role, method, r.shots)
             cell = cells[key]
-            if r["seed"] in cell.seeds:
-                raise ValueError(f"two results for {key} with seed {r['seed']}")
-            cell.seeds.append(r["seed"])
+            if r.seed in cell.seeds:
+                raise ValueError(f"two results for {key} with seed {r.seed}")
+            cell.seeds.append(r.seed)
             cell.acc1.append(None if metrics is None else metrics.get("acc1"))
-            cell.fit_seconds.append(r["timing"]["fit_seconds"])
+            cell.fit_seconds.append(r.timing["fit_seconds"])
             matrix = (metrics or {}).get("confusion_matrix")
             if matrix is not None:
                 matrix, cell.classnames = np.asarray(matrix), classnames
@@ -122,10 +119,10 @@ def aggregate(results: Iterable[dict[str, Any]]) -> dict[Key, Cell]:
 TRANSDUCTIVE = " (transductive)"
 
 
-def method_label(result: dict[str, Any]) -> str:
+def method_label(result: RunResult) -> str:
     """The method's row label; transductive results (fitted with the test images as
     unlabeled data) never share a row with inductive ones."""
-    return result["method"] + (TRANSDUCTIVE if result["transductive"] else "")
+    return result.method + (TRANSDUCTIVE if result.transductive else "")
 
 
 def source_label(protocol: str, group: str) -> str:

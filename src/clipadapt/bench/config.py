@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from clipadapt.defaults import DEFAULT_VIEWS, SELECTION_MODES
+
 PROTOCOLS: dict[str, str] = {
     "fewshot": "few-shot on each dataset or domain, tested on its own test split",
     "single_source": "few-shot on one domain, tested on its test split and on every other domain",
@@ -38,10 +40,6 @@ for PACS (dog, elephant, giraffe, guitar known; horse, house, person unknown).""
 ON_TOO_FEW = ("error", "use_all")
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
-DEFAULT_VIEWS = 4
-"""Augmented views per support image for methods that read them. Four keeps a cold cache
-cheap (4 x ~1,000 support images for PACS-100 at ~35 img/s) while giving the trained methods
-some augmentation; results record the number."""
 
 
 @dataclass
@@ -57,6 +55,7 @@ class BenchConfig:
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     sources: tuple[str, ...] = ()  # () = every domain (held-out domains for lodo)
     views: int = DEFAULT_VIEWS
+    selection: str = "validation"  # or "cv": k-fold over support + validation
     split_seed: int = 1
     test_fraction: float = 0.3
     templates: str = "default"
@@ -72,30 +71,41 @@ class BenchConfig:
     accept: float = 0.95  # validation share a calibrated threshold accepts
 
     def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        self.protocol = ",".join(str(p) for p in _as_list("protocol", self.protocol))
+        for name in ("data", "model", "templates", "device", "on_too_few", "selection"):
+            _require(name, getattr(self, name), str)
+        for name in ("out", "classnames", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, Path(_require(name, value, str | os.PathLike)))
+        self.protocol = ",".join(str(p) for p in _as_list("protocol", self.protocol, str))
         self.methods = _methods(self.methods)
         self.shots = _positive_ints("shots", self.shots, minimum=1)
         self.seeds = _positive_ints("seeds", self.seeds, minimum=0)
-        self.sources = tuple(str(s) for s in _as_list("sources", self.sources))
+        self.sources = tuple(_as_list("sources", self.sources, str))
         unknown = [p for p in self.protocols if p not in PROTOCOLS]
         if unknown or not self.protocols:
             raise ValueError(f"protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
         self.ood_data = _ood_data(self.ood_data)
         if "far_ood" in self.protocols and not self.ood_data:
             raise ValueError("protocol far_ood needs ood_data: {name: dataset path, ...}")
-        self.detectors = tuple(str(d) for d in _as_list("detectors", self.detectors))
-        if not isinstance(self.known_classes, int) or self.known_classes < 1:
-            raise ValueError(f"known_classes must be a positive integer, got {self.known_classes}")
-        if not 0 < float(self.accept) <= 1:
-            raise ValueError(f"accept must be in (0, 1], got {self.accept}")
+        self.detectors = tuple(_as_list("detectors", self.detectors, str))
+        for name, minimum in (("known_classes", 1), ("views", 0), ("split_seed", 0)):
+            value = _require(name, getattr(self, name), int)
+            if value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+        self.accept = float(_require("accept", self.accept, float | int))
+        if not 0 < self.accept <= 1:
+            raise ValueError(f"accept must be a number in (0, 1], got {self.accept}")
+        self.test_fraction = float(_require("test_fraction", self.test_fraction, float | int))
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        _require("skip_bad", self.skip_bad, bool)
         if self.on_too_few not in ON_TOO_FEW:
             raise ValueError(f"on_too_few {self.on_too_few!r}: use one of {', '.join(ON_TOO_FEW)}")
-        if not isinstance(self.views, int) or self.views < 0:
-            raise ValueError(f"views must be a non-negative integer, got {self.views!r}")
-        for name in ("classnames", "cache_dir"):
-            if getattr(self, name) is not None:
-                setattr(self, name, Path(getattr(self, name)))
+        if self.selection not in SELECTION_MODES:
+            raise ValueError(
+                f"selection {self.selection!r}: use one of {', '.join(SELECTION_MODES)}"
+            )
 
     @property
     def protocols(self) -> tuple[str, ...]:
@@ -112,7 +122,10 @@ class BenchConfig:
         missing = [k for k in ("data", "out") if values.get(k) is None]
         if missing:
             raise ValueError(f"{where}: {' and '.join(missing)} must be given")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -126,37 +139,62 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"benchmark config {path} is not valid YAML: {exc}") from exc
     if not isinstance(values, dict):
         raise ValueError(f"benchmark config {path} must hold a mapping of keys to values")
+
+    def resolve(value: str) -> str:
+        return value if value.startswith("builtin:") else str((path.parent / value).resolve())
+
     for key in ("data", "out", "classnames", "cache_dir"):
-        value = values.get(key)
-        if isinstance(value, str) and not value.startswith("builtin:"):
-            values[key] = str((path.parent / value).resolve())
+        if isinstance(values.get(key), str):
+            values[key] = resolve(values[key])
     ood = values.get("ood_data")
     if isinstance(ood, dict):
-        values["ood_data"] = {k: str((path.parent / str(v)).resolve()) for k, v in ood.items()}
+        values["ood_data"] = {k: resolve(str(v)) for k, v in ood.items()}
     elif isinstance(ood, list | str):
-        paths = _as_list("ood_data", ood)
-        values["ood_data"] = [str((path.parent / str(v)).resolve()) for v in paths]
+        values["ood_data"] = [resolve(str(v)) for v in _as_list("ood_data", ood, str)]
     return values
 
 
-def _as_list(name: str, value: Any) -> list[Any]:
+def _require(name: str, value: Any, kind: Any) -> Any:
+    """``value`` if it is of ``kind`` (never a bool standing in for a number)."""
+    is_bool = isinstance(value, bool)
+    if not isinstance(value, kind) or (is_bool and kind is not bool):
+        raise ValueError(f"{name} must be {_KIND_NAMES.get(kind, kind)}, got {value!r}")
+    return value
+
+
+_KIND_NAMES = {
+    str: "a string",
+    int: "an integer",
+    bool: "true or false",
+    float | int: "a number",
+    str | os.PathLike: "a path",
+}
+
+
+def _as_list(name: str, value: Any, kind: Any = str | int) -> list[Any]:
+    """A list from a list or a comma-separated string; every item of ``kind``."""
     if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, int):
-        return [value]
-    if isinstance(value, list | tuple):
-        return list(value)
-    raise ValueError(f"{name} must be a list or a comma-separated string, got {value!r}")
+        items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
+        if kind is int:
+            try:
+                items = [int(v) for v in items]
+            except ValueError:
+                raise ValueError(f"{name} must be integers, got {value!r}") from None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        items = [value]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValueError(f"{name} must be a list or a comma-separated string, got {value!r}")
+    for item in items:
+        _require(f"every item of {name}", item, kind)
+    return items
 
 
 def _positive_ints(name: str, value: Any, minimum: int) -> tuple[int, ...]:
-    items = _as_list(name, value)
-    try:
-        numbers = [int(v) for v in items]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be integers, got {items!r}") from None
+    numbers = _as_list(name, value, int)
     if not numbers or min(numbers) < minimum:
-        raise ValueError(f"{name} must be a non-empty list of integers >= {minimum}, got {items}")
+        raise ValueError(f"{name} must be a non-empty list of integers >= {minimum}, got {value}")
     return tuple(sorted(set(numbers)))
 
 
@@ -165,14 +203,24 @@ def _methods(value: Any) -> dict[str, dict[str, Any]]:
     if value in ("all", None):
         return {}
     if isinstance(value, dict):
+        for name, params in value.items():
+            if params is not None and not isinstance(params, dict):
+                raise ValueError(
+                    f"methods: the value for {name!r} must be a mapping of hyperparameters "
+                    f"({name}: {{alpha: 1.0}}) or empty, got {params!r}"
+                )
         return {str(k): dict(v or {}) for k, v in value.items()}
-    return {str(name): {} for name in _as_list("methods", value)}
+    return {name: {} for name in _as_list("methods", value, str)}
 
 
 def _ood_data(value: Any) -> dict[str, str]:
-    """Far-OOD datasets as ``{name: path}``; a list names each by its folder."""
+    """Far-OOD datasets as ``{name: path}``; a list names each by its folder (or, for
+    ``builtin:<name>``, by that name)."""
     if not value:
         return {}
     if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    return {Path(str(v)).name: str(v) for v in _as_list("ood_data", value)}
+        return {str(k): str(_require(f"ood_data {k}", v, str)) for k, v in value.items()}
+    return {
+        v.removeprefix("builtin:") if v.startswith("builtin:") else Path(v).name: v
+        for v in _as_list("ood_data", value, str)
+    }

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 
 from clipadapt.bench.aggregate import ordered
-from clipadapt.bench.ood import OPEN_SET_TASK, load_scores
+from clipadapt.bench.plots import detector_panels
+from clipadapt.bench.tables import Table, fmt, mean_std
 from clipadapt.methods import METHODS
 from clipadapt.ood import DETECTORS
-from clipadapt.ood.plots import detector_panels
+from clipadapt.pipeline.results import OPEN_SET_TASK, load_scores
 
 PROTOCOL_ORDER = ("near_ood", "open_set_dg", "far_ood")
 PROTOCOL_TITLES = {
@@ -59,17 +60,6 @@ class OodCell:
     seeds: list[int] = field(default_factory=list)
 
 
-def _ms(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def fmt(values: list[float] | None) -> str:
-    if not values:
-        return "n/a"
-    mean, std = _ms(values)
-    return f"{mean * 100:.1f} ± {std * 100:.1f}"
-
-
 @dataclass
 class OodSection:
     protocol: str
@@ -86,25 +76,25 @@ class OodSection:
 
     @property
     def groups(self) -> list[str]:
-        return ordered(r["group"] for _, r in self.results)
+        return ordered(r.group for _, r in self.results)
 
     @property
     def methods(self) -> list[str]:
-        return ordered((r["method"] for _, r in self.results), METHODS)
+        return ordered((r.method for _, r in self.results), METHODS)
 
     @property
     def shots(self) -> list[int]:
-        return sorted({r["shots"] for _, r in self.results})
+        return sorted({r.shots for _, r in self.results})
 
     def targets(self, group: str) -> list[str]:
-        found = [t for _, r in self.results if r["group"] == group for t in r["metrics"]["targets"]]
+        found = [t for _, r in self.results if r.group == group for t in r.metrics["targets"]]
         return list(dict.fromkeys(found))
 
     def detectors(self) -> list[str]:
         found = {
             d
             for _, r in self.results
-            for t in r["metrics"]["targets"].values()
+            for t in r.metrics["targets"].values()
             for d, m in t["scores"].items()
             if "AUROC" in m
         }
@@ -115,42 +105,35 @@ class OodSection:
         within each run first."""
         cells: dict[tuple, OodCell] = defaultdict(OodCell)
         for _, r in self.results:
-            targets = r["metrics"]["targets"]
+            targets = r.metrics["targets"]
             per_det: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
             for target, t in targets.items():
                 for det, m in t["scores"].items():
                     if "AUROC" not in m:
                         continue
-                    cell = cells[(r["group"], target, r["method"], det, r["shots"])]
-                    cell.seeds.append(r["seed"])
+                    cell = cells[(r.group, target, r.method, det, r.shots)]
+                    cell.seeds.append(r.seed)
                     cell.values["closed_set_acc"].append(t["closed_set_acc"])
                     for k in METRICS:
                         cell.values[k].append(m[k])
                         per_det[det][k].append(m[k])
                     per_det[det]["closed_set_acc"].append(t["closed_set_acc"])
             for det, values in per_det.items():
-                cell = cells[(r["group"], "mean", r["method"], det, r["shots"])]
-                cell.seeds.append(r["seed"])
+                cell = cells[(r.group, "mean", r.method, det, r.shots)]
+                cell.seeds.append(r.seed)
                 for k, v in values.items():
                     cell.values[k].append(statistics.fmean(v))
         return dict(cells)
 
 
-@dataclass
-class Table:
-    title: str
-    header: list[str]
-    rows: list[list[str]]
-
-
 def ood_results(paths: list[Path], results: list[dict[str, Any]]) -> list[tuple[Path, dict]]:
-    return [(p, r) for p, r in zip(paths, results, strict=True) if r["task"] == OPEN_SET_TASK]
+    return [(p, r) for p, r in zip(paths, results, strict=True) if r.task == OPEN_SET_TASK]
 
 
 def make_ood_sections(found: list[tuple[Path, dict[str, Any]]]) -> list[OodSection]:
     grouped: dict[tuple[str, str], list] = defaultdict(list)
     for path, r in found:
-        grouped[(r["protocol"], r["dataset"])].append((path, r))
+        grouped[(r.protocol, r.dataset)].append((path, r))
     order = {p: i for i, p in enumerate(PROTOCOL_ORDER)}
     keys = sorted(grouped, key=lambda k: (order.get(k[0], 99), k))
     return [OodSection(p, d, grouped[(p, d)]) for p, d in keys]
@@ -212,10 +195,10 @@ def ood_csv_rows(sections: list[OodSection]) -> list[dict[str, Any]]:
                 "detector": det,
                 "shots": shots,
                 "seeds": len(cell.seeds),
-                "closed_set_acc_mean": f"{_ms(cell.values['closed_set_acc'])[0]:.4f}",
+                "closed_set_acc_mean": f"{mean_std(cell.values['closed_set_acc'])[0]:.4f}",
             }
             for k in METRICS:
-                mean, std = _ms(cell.values[k])
+                mean, std = mean_std(cell.values[k])
                 row[f"{k}_mean"], row[f"{k}_std"] = f"{mean:.4f}", f"{std:.4f}"
             rows.append(row)
     return rows
@@ -228,13 +211,11 @@ def ood_figures(section: OodSection) -> list[tuple[str, Any]]:
     for g in section.groups:
         for m in section.methods:
             runs = [
-                (p, r)
-                for p, r in section.results
-                if (r["group"], r["method"], r["shots"]) == (g, m, top)
+                (p, r) for p, r in section.results if (r.group, r.method, r.shots) == (g, m, top)
             ]
             if not runs:
                 continue
-            path, result = min(runs, key=lambda pr: pr[1]["seed"])
+            path, result = min(runs, key=lambda pr: pr[1].seed)
             saved = load_scores(path)
             if not saved:
                 continue
@@ -246,12 +227,12 @@ def ood_figures(section: OodSection) -> list[tuple[str, Any]]:
                         np.concatenate([p[0] for p in pairs]),
                         np.concatenate([p[1] for p in pairs]),
                     )
-            first = next(iter(result["metrics"]["targets"].values()))["scores"]
+            first = next(iter(result.metrics["targets"].values()))["scores"]
             thresholds = {d: first[d]["threshold"] for d in pooled if "threshold" in first[d]}
-            targets = ", ".join(result["metrics"]["targets"])
+            targets = ", ".join(result.metrics["targets"])
             title = (
                 f"{section.protocol}: {m} on {g} -> {targets} "
-                f"(K={top}, seed {result['seed']}; dashed: calibrated threshold)"
+                f"(K={top}, seed {result.seed}; dashed: calibrated threshold)"
             )
             figures.append(
                 (

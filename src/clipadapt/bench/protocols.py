@@ -1,4 +1,7 @@
-"""Evaluation protocols as data: where each run fits and what it is tested on.
+"""Evaluation protocols as strategies: each turns domains into :class:`Setting` s (where a
+run fits and what it is tested on); the pipeline runs every setting the same way.
+
+Closed set (task ``fewshot_classification``):
 
 * ``fewshot``: support and validation from a domain's train split; test on its test split.
 * ``single_source``: the same, plus every image of every other domain (none was used).
@@ -10,6 +13,15 @@
   the method's transfer to new class embeddings. Novel (and the harmonic mean) is "not
   applicable" for methods that cannot score classes they were not fitted on.
 
+Open set (task ``open_set``; classes sorted by id, the first ``known_classes`` known):
+
+* ``near_ood``: fit on the known classes of the source's train split; its test split's
+  known-class images are ID, the unknown classes' test images OOD. For PACS's 7 classes the
+  default 4 gives known = dog, elephant, giraffe, guitar; unknown = horse, house, person.
+* ``open_set_dg``: the same fit, tested on every image of every other domain.
+* ``far_ood``: every class of the source known; its test split is ID and each dataset of
+  ``ood_data`` (all its images) is one OOD target.
+
 Train/test splits depend on ``split_seed`` only; few-shot samples on the run seed (nested
 across shots). Both are saved as split files under ``<out>/splits``.
 """
@@ -17,11 +29,11 @@ across shots). Both are saved as split files under ``<out>/splits``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 
-from clipadapt.data import FewShotSplit, ImageDataset, Split, few_shot, train_test_split
+from clipadapt.data import ImageDataset
 from clipadapt.data.errors import DatasetError, quoted
+from clipadapt.pipeline.task import ALL, TEST, Images, Setting, Target
 
 # target roles, and the two headline numbers derived from targets
 IN_DOMAIN, OTHER_DOMAIN, HELD_OUT, BASE, NOVEL = (
@@ -32,29 +44,8 @@ IN_DOMAIN, OTHER_DOMAIN, HELD_OUT, BASE, NOVEL = (
     "novel",
 )
 OTHERS_MEAN, HM = "other_domains_mean", "hm"
-
-
-@dataclass(frozen=True)
-class Target:
-    """One evaluation: ``part`` ("test" split or "all" images) of ``domain``, over ``classes``."""
-
-    name: str
-    domain: str
-    part: str
-    role: str
-    classes: tuple[int, ...] | None = None  # label subset scored; None = every class
-
-
-@dataclass(frozen=True)
-class Setting:
-    """Runs sharing their data: fit on ``sources`` (only ``classes``), test on ``targets``."""
-
-    protocol: str
-    collection: str
-    group: str
-    sources: tuple[str, ...]
-    targets: tuple[Target, ...]
-    classes: tuple[int, ...] | None = None
+NEAR_OOD, OPEN_SET_DG, FAR_OOD = "near_ood", "open_set_dg", "far_ood"
+OOD_PREFIX = "ood:"  # far-OOD datasets join the domains under this prefix
 
 
 def as_domains(
@@ -75,96 +66,94 @@ def base_novel_classes(num_classes: int) -> tuple[tuple[int, ...], tuple[int, ..
     return tuple(range(cut)), tuple(range(cut, num_classes))
 
 
+def hold_out_classes(class_ids: Sequence[str], num_known: int = 4) -> tuple[list[str], list[str]]:
+    """Sorted class ids split into the first ``num_known`` (known) and the rest (unknown)."""
+    ordered = sorted(class_ids)
+    if not 1 <= num_known < len(ordered):
+        raise DatasetError(
+            f"known_classes must be between 1 and {len(ordered) - 1} for {len(ordered)} "
+            f"classes, got {num_known}"
+        )
+    return ordered[:num_known], ordered[num_known:]
+
+
 def harmonic_mean(a: float, b: float) -> float:
     return 0.0 if a + b == 0 else 2 * a * b / (a + b)
 
 
 def settings(
-    protocol: str, collection: str, domains: dict[str, ImageDataset], chosen: tuple[str, ...]
+    protocol: str,
+    collection: str,
+    domains: dict[str, ImageDataset],
+    chosen: tuple[str, ...],
+    *,
+    known_classes: int = 4,
+    ood_data: Sequence[str] = (),
 ) -> list[Setting]:
-    """The settings ``protocol`` runs over ``chosen`` domains (sources, or held out for lodo)."""
-    names = list(domains)
-    unknown = [c for c in chosen if c not in domains]
+    """The settings ``protocol`` runs over ``chosen`` domains (sources, or held out for lodo;
+    () = every domain). ``ood_data`` names the far-OOD datasets (in ``domains`` as
+    ``ood:<name>``)."""
+    names = [d for d in domains if not d.startswith(OOD_PREFIX)]
+    unknown = [c for c in chosen if c not in names]
     if unknown:
         raise DatasetError(
             f"domain(s) {quoted(unknown)} are not in {collection!r}; its domains: {quoted(names)}"
         )
-    picked = list(chosen) or names
-    if protocol in ("single_source", "lodo") and len(names) < 2:
+    if protocol in ("single_source", "lodo", OPEN_SET_DG) and len(names) < 2:
         raise DatasetError(
             f"protocol {protocol!r} needs a domain-folders root (<root>/<domain>/<class>/<image>) "
-            f"with at least two domains, but {collection!r} is one dataset; use --protocol fewshot"
+            f"with at least two domains, but {collection!r} is one dataset; use "
+            + ("--protocol near_ood" if protocol == OPEN_SET_DG else "--protocol fewshot")
         )
+    class_ids = domains[names[0]].class_ids
+    if protocol in (NEAR_OOD, OPEN_SET_DG):
+        known, _ = hold_out_classes(class_ids, known_classes)
+        known_labels = tuple(class_ids.index(c) for c in known)
+        unknown_labels = tuple(i for i in range(len(class_ids)) if i not in known_labels)
     out: list[Setting] = []
-    for name in picked:
+    for name in list(chosen) or names:
+        others = [d for d in names if d != name]
         if protocol == "fewshot":
-            targets = (Target(name, name, "test", IN_DOMAIN),)
-            out.append(Setting(protocol, collection, name, (name,), targets))
+            targets = (Target(name, IN_DOMAIN, Images(name, TEST)),)
         elif protocol == "single_source":
-            others = [Target(d, d, "all", OTHER_DOMAIN) for d in names if d != name]
-            targets = (Target(name, name, "test", IN_DOMAIN), *others)
-            out.append(Setting(protocol, collection, name, (name,), targets))
-        elif protocol == "lodo":
-            sources = tuple(other for other in names if other != name)
-            out.append(
-                Setting(protocol, collection, name, sources, (Target(name, name, "all", HELD_OUT),))
-            )
-        elif protocol == "base_to_novel":
-            base, novel = base_novel_classes(len(domains[name].class_ids))
             targets = (
-                Target(BASE, name, "test", BASE, base),
-                Target(NOVEL, name, "test", NOVEL, novel),
+                Target(name, IN_DOMAIN, Images(name, TEST)),
+                *(Target(d, OTHER_DOMAIN, Images(d, ALL)) for d in others),
+            )
+        elif protocol == "lodo":
+            target = Target(name, HELD_OUT, Images(name, ALL))
+            out.append(Setting(protocol, collection, name, tuple(others), (target,)))
+            continue
+        elif protocol == "base_to_novel":
+            base, novel = base_novel_classes(len(class_ids))
+            targets = (
+                Target(BASE, BASE, Images(name, TEST, base)),
+                Target(NOVEL, NOVEL, Images(name, TEST, novel)),
             )
             out.append(Setting(protocol, collection, name, (name,), targets, base))
+            continue
+        elif protocol == NEAR_OOD:
+            near = Target(
+                name,
+                NEAR_OOD,
+                Images(name, TEST, known_labels),
+                Images(name, TEST, unknown_labels),
+            )
+            out.append(Setting(protocol, collection, name, (name,), (near,), known_labels))
+            continue
+        elif protocol == OPEN_SET_DG:
+            targets = tuple(
+                Target(d, OPEN_SET_DG, Images(d, ALL, known_labels), Images(d, ALL, unknown_labels))
+                for d in others
+            )
+            out.append(Setting(protocol, collection, name, (name,), targets, known_labels))
+            continue
+        elif protocol == FAR_OOD:
+            targets = tuple(
+                Target(n, FAR_OOD, Images(name, TEST), Images(OOD_PREFIX + n, ALL))
+                for n in sorted(ood_data)
+            )
         else:
             raise ValueError(f"unknown protocol {protocol!r}")
+        out.append(Setting(protocol, collection, name, (name,), targets))
     return out
-
-
-class Splits:
-    """Train/test splits and few-shot samples per domain, made once and saved as files."""
-
-    def __init__(
-        self,
-        domains: dict[str, ImageDataset],
-        directory: Path,
-        *,
-        split_seed: int,
-        test_fraction: float,
-        on_too_few: str,
-    ) -> None:
-        self.domains = domains
-        self.directory = directory
-        self.split_seed = split_seed
-        self.test_fraction = test_fraction
-        self.on_too_few = on_too_few
-        self._train_test: dict[str, Split] = {}
-        self._few_shot: dict[tuple[str, int, int], FewShotSplit] = {}
-        self._saved: set[Path] = set()
-
-    def train_test(self, domain: str) -> Split:
-        if domain not in self._train_test:
-            self._train_test[domain] = train_test_split(
-                self.domains[domain], test_fraction=self.test_fraction, seed=self.split_seed
-            )
-        return self._train_test[domain]
-
-    def few_shot(self, domain: str, shots: int, seed: int) -> FewShotSplit:
-        key = (domain, shots, seed)
-        if key not in self._few_shot:
-            self._few_shot[key] = few_shot(
-                self.train_test(domain), shots=shots, seed=seed, on_too_few=self.on_too_few
-            )
-        return self._few_shot[key]
-
-    def file(self, domain: str, shots: int, seed: int) -> Path:
-        """Where the few-shot split (which carries the test list too) is saved."""
-        return self.directory / domain / f"split{self.split_seed}_K{shots}_s{seed}.json"
-
-    def save(self, domain: str, shots: int, seed: int) -> Path:
-        """Write the few-shot split file (once per process) and return its path."""
-        path = self.file(domain, shots, seed)
-        if path not in self._saved:
-            self.few_shot(domain, shots, seed).save(path)
-            self._saved.add(path)
-        return path

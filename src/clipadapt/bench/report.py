@@ -8,10 +8,9 @@ files under ``figures/``.
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as dt
 import html
-import io
+import json
 import re
 import statistics
 from collections import defaultdict
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipadapt.atomic import atomic_write, atomic_write_text
+from clipadapt.atomic import atomic_write, atomic_write_json, atomic_write_text
 from clipadapt.bench import plots
 from clipadapt.bench.aggregate import (
     DERIVED_TARGETS,
@@ -33,7 +32,6 @@ from clipadapt.bench.aggregate import (
     ordered,
     source_label,
 )
-from clipadapt.bench.ood import OPEN_SET_TASK
 from clipadapt.bench.ood_report import CSV_COLUMNS as OOD_CSV_COLUMNS
 from clipadapt.bench.ood_report import (
     OodSection,
@@ -44,8 +42,9 @@ from clipadapt.bench.ood_report import (
     ood_tables,
 )
 from clipadapt.bench.protocols import BASE, HELD_OUT, HM, IN_DOMAIN, NOVEL, OTHERS_MEAN
-from clipadapt.bench.results import find_results
+from clipadapt.bench.tables import Table, csv_text, fmt, html_table, markdown
 from clipadapt.methods import METHODS
+from clipadapt.pipeline.results import OPEN_SET_TASK, find_results
 
 SHORT_ROLE = {
     IN_DOMAIN: "in",
@@ -56,6 +55,7 @@ SHORT_ROLE = {
     HM: "HM",
 }
 RANKING_ROLE = {"base_to_novel": HM}
+FIGURE_MANIFEST = ".clipadapt-report-figures.json"  # the figures the last report wrote
 OOD_NOTE = (
     "Results of the near_ood / open_set_dg / far_ood protocols (clipadapt.bench.ood): "
     "percent, mean ± sample std over seeds; higher score = more OOD; every threshold is "
@@ -77,13 +77,6 @@ CSV_COLUMNS = (
     "acc1_std",
     "fit_seconds_median",
 )
-
-
-@dataclass
-class Table:
-    title: str
-    header: list[str]
-    rows: list[list[str]]
 
 
 @dataclass
@@ -128,21 +121,21 @@ def write_report(results_dir: str | Path, out: str | Path) -> dict[str, Path]:
     results = load_results(results_dir)
     out = Path(out)
     open_set = make_ood_sections(ood_results(find_results(results_dir), results))
-    classification = [r for r in results if r["task"] != OPEN_SET_TASK]
+    classification = [r for r in results if r.task != OPEN_SET_TASK]
     sections = make_sections(aggregate(classification))
     figures = {name: plots.png_bytes(fig) for name, fig in make_figures(sections)}
     for section in open_set:  # many panels per figure: a lower resolution keeps them small
         figures |= {name: plots.png_bytes(fig, dpi=72) for name, fig in ood_figures(section)}
-    for name, data in figures.items():
-        atomic_write(out / "figures" / name, lambda p, d=data: p.write_bytes(d))
-    for stale in (out / "figures").glob("*.png"):  # from an earlier report of other results
-        if stale.name not in figures:
-            stale.unlink()
+    _write_figures(out / "figures", figures)
     written = {}
     if sections or not open_set:
-        written["csv"] = atomic_write_text(out / "table.csv", render_csv(sections))
+        written["csv"] = atomic_write_text(
+            out / "table.csv", csv_text(CSV_COLUMNS, csv_rows(sections))
+        )
     if open_set:
-        written["ood_csv"] = atomic_write_text(out / "ood_table.csv", render_ood_csv(open_set))
+        written["ood_csv"] = atomic_write_text(
+            out / "ood_table.csv", csv_text(OOD_CSV_COLUMNS, ood_csv_rows(open_set))
+        )
     written["markdown"] = atomic_write_text(
         out / "table.md", render_markdown(sections, results, open_set)
     )
@@ -150,6 +143,24 @@ def write_report(results_dir: str | Path, out: str | Path) -> dict[str, Path]:
         out / "report.html", render_html(sections, results, figures, results_dir, open_set)
     )
     return written
+
+
+def _write_figures(directory: Path, figures: dict[str, bytes]) -> None:
+    """Write ``figures`` and delete the ones an earlier report wrote there that this one did
+    not (listed in the directory's manifest); any other file is left alone."""
+    manifest = directory / FIGURE_MANIFEST
+    earlier: list[str] = []
+    if manifest.is_file():
+        try:
+            earlier = list(json.loads(manifest.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            earlier = []
+    for name, data in figures.items():
+        atomic_write(directory / name, lambda p, d=data: p.write_bytes(d))
+    atomic_write_json(manifest, sorted(figures))
+    for name in set(earlier) - set(figures):
+        if Path(name).name == name:  # a bare file name, never a path elsewhere
+            (directory / name).unlink(missing_ok=True)
 
 
 def make_sections(cells: dict[Key, Cell]) -> list[Section]:
@@ -164,14 +175,8 @@ def make_sections(cells: dict[Key, Cell]) -> list[Section]:
 
 
 # -- tables ---------------------------------------------------------------------------------
-def fmt(cell: Cell | None, max_seeds: int) -> str:
-    if cell is None:
-        return ""
-    if not cell.applicable:
-        return "n/a"
-    text = f"{cell.mean * 100:.1f} ± {cell.std * 100:.1f}"
-    n = len(cell.values)
-    return text if n == max_seeds else f"{text} ({n} seed{'s' if n > 1 else ''})"
+def cell_text(cell: Cell | None, max_seeds: int) -> str:
+    return fmt(None if cell is None else cell.values, max_seeds)
 
 
 def section_tables(section: Section) -> list[Table]:
@@ -189,7 +194,7 @@ def section_tables(section: Section) -> list[Table]:
     for method in methods:
         row = [method]
         for g in groups:
-            row += [fmt(section.cell(g, r, method, top), seeds) for r in roles]
+            row += [cell_text(section.cell(g, r, method, top), seeds) for r in roles]
         if len(groups) > 1:
             for r in roles:
                 found = [section.cell(g, r, method, top) for g in groups]
@@ -201,7 +206,8 @@ def section_tables(section: Section) -> list[Table]:
         label = source_label(section.protocol, g)
         for r in roles:
             rows = [
-                [m] + [fmt(section.cell(g, r, m, k), seeds) for k in section.shots] for m in methods
+                [m] + [cell_text(section.cell(g, r, m, k), seeds) for k in section.shots]
+                for m in methods
             ]
             title = f"Source {label}: acc1 (%), {ROLE_TITLES[r]}"
             tables.append(Table(title, ["method"] + [f"K={k}" for k in section.shots], rows))
@@ -209,7 +215,7 @@ def section_tables(section: Section) -> list[Table]:
             targets = _targets(section, g)
             roles_of = {k.target: k.role for k in section.cells if k.group == g}
             rows = [
-                [m] + [fmt(section.cell(g, roles_of[t], m, top, t), seeds) for t in targets]
+                [m] + [cell_text(section.cell(g, roles_of[t], m, top, t), seeds) for t in targets]
                 for m in methods
             ]
             names = [f"{t} (in-domain)" if roles_of[t] == IN_DOMAIN else t for t in targets]
@@ -279,22 +285,6 @@ def csv_rows(sections: list[Section]) -> list[dict[str, Any]]:
 
 
 # -- rendering --------------------------------------------------------------------------------
-def render_csv(sections: list[Section]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(csv_rows(sections))
-    return buffer.getvalue()
-
-
-def render_ood_csv(sections: list[OodSection]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, OOD_CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(ood_csv_rows(sections))
-    return buffer.getvalue()
-
-
 def render_markdown(
     sections: list[Section],
     results: list[dict[str, Any]],
@@ -304,27 +294,22 @@ def render_markdown(
     for section in sections:
         lines += [f"## {section.title}", ""]
         for table in section_tables(section):
-            lines += [f"**{table.title}**", "", _md_table(table), ""]
+            lines += [f"**{table.title}**", "", markdown(table), ""]
     if open_set:
         lines += ["# OOD and open-set rejection", "", OOD_NOTE, ""]
     for section in open_set:
         lines += [f"## {section.title}", ""]
         for table in ood_tables(section):
-            lines += [f"**{table.title}**", "", _md_table(table), ""]
+            lines += [f"**{table.title}**", "", markdown(table), ""]
     return "\n".join(lines)
 
 
-def _md_table(table: Table) -> str:
-    rows = [table.header, ["---"] * len(table.header), *table.rows]
-    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
-
-
 def _provenance(results: list[dict[str, Any]]) -> list[str]:
-    models = sorted({f"{r['model_spec']} (fingerprint {r['model_fingerprint']})" for r in results})
-    seeds = sorted({r["seed"] for r in results})
-    views = sorted({r["views"] for r in results if r["views"]})
-    versions = sorted({r["package_version"] for r in results})
-    transductive = sorted({r["method"] for r in results if r["transductive"]})
+    models = sorted({f"{r.model_spec} (fingerprint {r.model_fingerprint})" for r in results})
+    seeds = sorted({r.seed for r in results})
+    views = sorted({r.views for r in results if r.views})
+    versions = sorted({r.package_version for r in results})
+    transductive = sorted({r.method for r in results if r.transductive})
     return [
         f"- runs: {len(results)}; seeds: {', '.join(map(str, seeds))}; "
         f"acc1 in %, mean ± sample std over seeds; n/a = the method cannot score those classes",
@@ -335,7 +320,7 @@ def _provenance(results: list[dict[str, Any]]) -> list[str]:
         "- transductive rows (learned from the test images, without their labels): "
         + (", ".join(transductive) or "none"),
         f"- clipadapt {', '.join(versions)}; peak memory of a run's process: "
-        f"{max(r['peak_memory_mb'] for r in results):.0f} MiB",
+        f"{max(r.peak_memory_mb for r in results):.0f} MiB",
     ]
 
 
@@ -422,13 +407,13 @@ def render_html(
                     f"<figcaption>{esc(name)}</figcaption></figure>"
                 )
         for table in section_tables(section):
-            parts.append(f"<h3>{esc(table.title)}</h3>{_html_table(table)}")
+            parts.append(f"<h3>{esc(table.title)}</h3>{html_table(table)}")
     if open_set:
         parts += ["<h1>OOD and open-set rejection</h1>", f"<p>{esc(OOD_NOTE)}</p>"]
     for section in open_set:
         parts.append(f"<h2>{esc(section.title)}</h2>")
         for table in ood_tables(section):
-            parts.append(f"<h3>{esc(table.title)}</h3>{_html_table(table)}")
+            parts.append(f"<h3>{esc(table.title)}</h3>{html_table(table)}")
         for name, data in figures.items():
             if name.startswith(section.stem + "_"):
                 encoded = base64.b64encode(data).decode()
@@ -438,14 +423,6 @@ def render_html(
                 )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
-
-
-def _html_table(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in table.rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 _CSS = """

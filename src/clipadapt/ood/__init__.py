@@ -5,8 +5,8 @@ convention): ``msp``, ``mcm``, ``max_logit`` and ``energy`` read the method's lo
 ``mahalanobis``, ``neglabel`` and ``pseudo_open`` read image features; ``gl_mcm`` also reads
 patch features of ViT towers. ``OpenSetClassifier`` pairs a method, a detector and a threshold
 calibrated on the few-shot validation set, and predicts ``OOD_LABEL`` (-1) for "unknown".
-``metrics`` computes AUROC, FPR95, AUPR_IN, AUPR_OUT, H-score and OSCR; ``protocols`` builds
-near-OOD, far-OOD and open-set domain-generalisation tasks and evaluates them.
+``metrics`` computes AUROC, FPR95, AUPR_IN, AUPR_OUT, H-score and OSCR; the protocols that
+use them live in ``clipadapt.bench.protocols``.
 """
 
 from clipadapt.ood.base import Detector, ScoreInput, TextEncoder

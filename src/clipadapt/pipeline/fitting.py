@@ -1,4 +1,4 @@
-"""Hand a method exactly the data it declares, fit it and time it (shared by bench and adapt).
+"""Hand a method exactly the data it declares, fit it and time it.
 
 ``gather`` collects the support, validation (and unlabeled training-pool) features of
 few-shot splits from a ``FeatureBank``; ``fit_data`` turns them into the ``FitData`` a
@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipadapt.bench.featurebank import FeatureBank
 from clipadapt.data import FewShotSplit
 from clipadapt.methods import DataKind, FitData, Method
 from clipadapt.metrics import classification_metrics
 from clipadapt.models.base import Backend
+from clipadapt.pipeline.featurebank import FeatureBank
 
 FIT_THREADS = 1
 """Torch threads while fitting and predicting: the fits are tiny, and two threads on a busy
@@ -109,9 +109,12 @@ def fit_data(
     backend: Backend,
     checkpoint_dir: Path | None = None,
     unlabeled_includes_test: bool = False,
+    selection: str = "validation",
+    feature_cache: Any = None,
 ) -> FitData:
     """The ``FitData`` for ``method``: only the kinds it ``reads`` are filled in. Unlabeled
-    images are the training pool's unless the caller says they include test images."""
+    images are the training pool's unless the caller says they include test images;
+    ``selection`` is how searched hyperparameters are chosen ("validation" or "cv")."""
     return FitData(
         class_embeddings=class_embeddings,
         logit_scale=logit_scale,
@@ -128,6 +131,8 @@ def fit_data(
         backend=backend,
         support_paths=data.support_paths,
         checkpoint_dir=None if method.training_free else checkpoint_dir,
+        selection=selection,
+        feature_cache=feature_cache,
     ).only(method.reads)
 
 
