@@ -209,3 +209,52 @@ def test_adapt_says_which_unknown_score_and_its_expected_error(tmp_path, monkeyp
     assert "validation images, so about 7.7% of known-class images will be called unknown" in out
     saved = json.loads((tmp_path / "m" / "config.json").read_text())["adapted"]["open_set"]
     assert saved["false_unknown_rate"]["n_val"] == 12
+
+
+def test_csv_columns_and_separator_come_from_flags(tmp_path, monkeypatch, capsys) -> None:
+    folder = make_folder(tmp_path / "f", {"blue": 4, "red": 4})
+    rows = [f"{p.relative_to(folder)};{p.parent.name}" for p in sorted(folder.rglob("*.png"))]
+    table = tmp_path / "f" / "images.csv"
+    table.write_text("image;colour\n" + "\n".join(rows) + "\n")
+    monkeypatch.setattr(
+        "clipadapt.models.create_backend", lambda spec, device="cpu": ColorBackend()
+    )
+    base = ["-q", "embed", "--model", "fake", "--data", str(table)]
+    base += ["--cache-dir", str(tmp_path / "cache")]
+    assert main(base) == 2
+    assert "--path-column" in capsys.readouterr().err  # the message names the flag
+    flags = ["--csv-sep", ";", "--path-column", "image", "--label-column", "colour"]
+    out = tmp_path / "features.safetensors"
+    assert main([*base, *flags, "--output", str(out)]) == 0
+    assert "8 images" in capsys.readouterr().out
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as handle:  # rows join with split files by path
+        meta, labels = handle.metadata(), handle.get_tensor("labels")
+    paths, class_ids = json.loads(meta["paths"]), json.loads(meta["class_ids"])
+    assert class_ids == ["blue", "red"] and len(paths) == len(labels) == 8
+    assert [Path(p).parent.name for p in paths] == [class_ids[i] for i in labels.tolist()]
+
+
+def test_augment_recipe_is_configurable_and_recorded(domains, tmp_path) -> None:
+    from PIL import Image
+
+    from clipadapt.views import augment, augmented_view_name, view_key
+
+    ramp = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))  # dark left, bright right
+    image = Image.fromarray(np.stack([ramp] * 3, axis=-1))
+
+    def mirrored(view: str, content: str) -> bool:
+        pixels = np.asarray(augment(image, content, view), dtype=float)
+        return pixels[:, : pixels.shape[1] // 2].mean() > pixels[:, pixels.shape[1] // 2 :].mean()
+
+    contents = [f"{i:064x}" for i in range(40)]
+    crop_only = augmented_view_name(0, ("crop",))
+    assert crop_only == "aug0@crop" and view_key(crop_only) != view_key("aug0")
+    assert not any(mirrored(crop_only, c) for c in contents)  # digits and text stay readable
+    assert 5 < sum(mirrored("aug0", c) for c in contents) < 35  # the default flips a coin
+    cfg = config(domains, tmp_path, methods="tip_adapter", views=2, augment="crop")
+    result = read_result(run_bench(cfg, backend=ColorBackend(), progress=False).ran[0])
+    assert result.augment == ["crop"] and result.config["augment"] == ["crop"]
+    with pytest.raises(ValueError, match=r"augment \['spin'\]: use one or more of crop, flip"):
+        config(domains, tmp_path, augment="spin")

@@ -39,6 +39,7 @@ from clipadapt.pipeline.fitting import reads_unlabeled, torch_threads, views_giv
 from clipadapt.pipeline.openset import false_unknown_rate
 from clipadapt.pipeline.task import TEST, Images, Setting, Splits, Target
 from clipadapt.prompts import make_prompt_set
+from clipadapt.views import DEFAULT_AUGMENT
 
 ADAPTED_FORMAT = "clipadapt.adapted/1"
 DEFAULT_OOD_SCORE = "knn"
@@ -103,6 +104,7 @@ def adapt(
     seed: int = 1,
     hyperparameters: dict[str, Any] | None = None,
     views: int = DEFAULT_VIEWS,
+    augment: tuple[str, ...] = DEFAULT_AUGMENT,
     templates: str = "default",
     split_seed: int = 1,
     test_fraction: float = 0.3,
@@ -142,6 +144,7 @@ def adapt(
         make_prompt_set(templates, classnames=dataset.classnames),
         cache=cache,
         views=views,
+        augment=augment,
         selection=selection,
         skip_bad=skip_bad,
         progress=progress,
@@ -196,6 +199,7 @@ def adapt(
             "seed": seed,
             "val_per_class": split.val_per_class,
             "views": given_views,
+            "augment": list(augment) if given_views else [],
             "selection": selection,
             "split_seed": split_seed if test_fraction > 0 else None,
             "test_fraction": test_fraction,

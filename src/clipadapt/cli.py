@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="few-shot sampling seed")
     p.add_argument("--views", type=int, default=DEFAULT_VIEWS, help="augmented views per image")
     p.add_argument(
+        "--augment",
+        default="crop,flip",
+        help="transforms of the augmented views, comma-separated: crop, flip (default: both; "
+        "drop flip for digits and text)",
+    )
+    p.add_argument(
         "--selection",
         choices=SELECTION_MODES,
         default="validation",
@@ -184,6 +190,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--views", type=int, help=f"augmented views per image (default: {DEFAULT_VIEWS})"
     )
+    p.add_argument("--augment", help="transforms of the augmented views (default: crop,flip)")
     p.add_argument("--split-seed", type=int, help="train/test split seed (default: 1)")
     p.add_argument("--test-fraction", type=float, help="test share per class (default: 0.3)")
     p.add_argument("--templates", help="template set or file (default: default)")
@@ -210,6 +217,24 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="folder, domain folders, .csv or builtin:<name>")
     p.add_argument("--classnames", type=Path, help="classnames.json mapping folder names to names")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, list them")
+    csv_args(p)
+
+
+def csv_args(p: argparse.ArgumentParser) -> None:
+    """How a CSV of image paths is read (open_clip's column names by default)."""
+    p.add_argument("--csv-sep", default=",", help="CSV field separator (default: ',')")
+    p.add_argument("--path-column", default="filepath", help="CSV column of image paths")
+    p.add_argument("--label-column", default="label", help="CSV column of class labels")
+    p.add_argument("--caption-column", default="title", help="CSV column of captions")
+
+
+def _csv_options(args: argparse.Namespace) -> dict[str, str]:
+    return {
+        "sep": args.csv_sep,
+        "path_column": args.path_column,
+        "label_column": args.label_column,
+        "caption_column": args.caption_column,
+    }
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -359,9 +384,11 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     from clipadapt.adapted import adapt, check_model_dir
     from clipadapt.methods import create_method
     from clipadapt.ood import DETECTORS
+    from clipadapt.views import parse_augment
 
     check_model_dir(args.out)
     create_method(args.method)  # an unknown method fails here, before any model loads
+    augment = parse_augment(args.augment)
     if not args.no_ood and args.ood_score not in DETECTORS:
         raise ValueError(
             f"unknown OOD score {args.ood_score!r} (--ood-score); use one of {', '.join(DETECTORS)}"
@@ -382,6 +409,7 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         shots=args.shots,
         seed=args.seed,
         views=args.views,
+        augment=augment,
         templates=args.templates,
         split_seed=args.split_seed,
         test_fraction=args.test_fraction,
@@ -474,7 +502,10 @@ def _single_dataset(args: argparse.Namespace) -> ImageDataset:
 
 def _datasets(args: argparse.Namespace) -> dict[str, ImageDataset]:
     if not hasattr(args, "_datasets"):
-        loaded = load_dataset(args.data, classnames_file=args.classnames, skip_bad=args.skip_bad)
+        options = _csv_options(args) if str(args.data).lower().endswith(".csv") else {}
+        loaded = load_dataset(
+            args.data, classnames_file=args.classnames, skip_bad=args.skip_bad, **options
+        )
         args._datasets = loaded if isinstance(loaded, dict) else {loaded.name: loaded}
     return args._datasets
 
@@ -530,6 +561,16 @@ def format_demo(result: dict[str, Any]) -> str:
     for name, metrics in result["metrics"].items():
         lines.append(f"{name:16s}" + "".join(f"{metrics[k]:24.4f}" for k in keys))
     lines.append(f"gain over zero-shot: {result['gain_acc1'] * 100:+.1f} acc1 points")
+    if chosen := result.get("chosen"):
+        scores = ", ".join(
+            f"{name} {score:.3f}"
+            for name, score in chosen["candidates"].items()
+            if score is not None
+        )
+        lines.append(
+            f"auto chose {chosen['value']} by {chosen.get('folds', 'no')}-fold cross-validation "
+            f"on the labelled few-shot images only (acc1: {scores})"
+        )
     return "\n".join(lines)
 
 

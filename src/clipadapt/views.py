@@ -2,7 +2,9 @@
 
 An augmented view ``aug<i>`` is a random resized crop and horizontal flip whose parameters
 come from a generator seeded by the image's content hash and ``i``, so the same image always
-gets the same view, whichever thread or process computes it.
+gets the same view, whichever thread or process computes it. Another recipe (a subset of
+``AUGMENTATIONS``, e.g. crops only for digits and text, which a mirror changes) is part of the
+view's name, ``aug<i>@crop``, and so of its cache key.
 """
 
 from __future__ import annotations
@@ -10,25 +12,50 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.transforms import functional as TF
+
+if TYPE_CHECKING:
+    import torch
 
 CENTER = "center"
 AUG_SCALE = (0.5, 1.0)
 AUG_RATIO = (3 / 4, 4 / 3)
-AUG_DESCRIPTION = f"rrc{AUG_SCALE}{AUG_RATIO}+hflip"
+AUGMENTATIONS = {"crop": f"rrc{AUG_SCALE}{AUG_RATIO}", "flip": "hflip"}
+DEFAULT_AUGMENT = ("crop", "flip")
 
 
-def augmented_view_name(index: int) -> str:
-    return f"aug{index}"
+def parse_augment(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """A recipe from ``"crop,flip"`` or a list: known transforms, in ``AUGMENTATIONS`` order."""
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown or not names:
+        raise ValueError(
+            f"augment {value!r}: use one or more of {', '.join(AUGMENTATIONS)}, comma-separated"
+        )
+    return tuple(n for n in AUGMENTATIONS if n in names)
+
+
+def augmented_view_name(index: int, augment: tuple[str, ...] = DEFAULT_AUGMENT) -> str:
+    recipe = "" if augment == DEFAULT_AUGMENT else "@" + "+".join(augment)
+    return f"aug{index}{recipe}"
+
+
+def _recipe(view: str) -> tuple[str, ...]:
+    """The transforms of augmented view ``view`` (its name after ``@``, or the default)."""
+    name, _, recipe = view.partition("@")
+    if not name.startswith("aug") or not name[3:].isdigit():
+        raise ValueError(f"unknown view {view!r}: use 'center' or 'aug<i>' (aug0, aug1, ...)")
+    return parse_augment(recipe.replace("+", ",")) if recipe else DEFAULT_AUGMENT
 
 
 def view_key(view: str) -> str:
     """What the cache stores for a view: its name plus the augmentation recipe."""
-    return view if view == CENTER else f"{view}:{AUG_DESCRIPTION}"
+    if view == CENTER:
+        return view
+    return f"{view}:{'+'.join(AUGMENTATIONS[n] for n in _recipe(view))}"
 
 
 def _seed(content_hash: str, view: str) -> int:
@@ -36,8 +63,18 @@ def _seed(content_hash: str, view: str) -> int:
 
 
 def augment(image: Image.Image, content_hash: str, view: str) -> Image.Image:
-    """A random resized crop (scale 0.5-1, aspect 3/4-4/3) and a coin-flip mirror."""
-    rng = np.random.default_rng(_seed(content_hash, view))
+    """A random resized crop (scale 0.5-1, aspect 3/4-4/3) and a coin-flip mirror, or the
+    subset of them the view's recipe names."""
+    recipe = _recipe(view)
+    rng = np.random.default_rng(_seed(content_hash, view.partition("@")[0]))
+    if "crop" in recipe:
+        image = _crop(image, rng)
+    if "flip" in recipe and rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # as torchvision's hflip
+    return image
+
+
+def _crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     width, height = image.size
     area = width * height
     for _ in range(10):
@@ -52,8 +89,7 @@ def augment(image: Image.Image, content_hash: str, view: str) -> Image.Image:
     else:
         side = min(width, height)
         top, left, w, h = (height - side) // 2, (width - side) // 2, side, side
-    image = image.crop((left, top, left + w, top + h))
-    return TF.hflip(image) if rng.random() < 0.5 else image
+    return image.crop((left, top, left + w, top + h))
 
 
 def view_transform(
@@ -62,6 +98,5 @@ def view_transform(
     """``(image, content_hash) -> tensor`` for ``view`` on top of a backend's preprocessing."""
     if view == CENTER:
         return lambda image, _content: preprocess(image)
-    if not view.startswith("aug") or not view[3:].isdigit():
-        raise ValueError(f"unknown view {view!r}: use 'center' or 'aug<i>' (aug0, aug1, ...)")
+    _recipe(view)  # checks the name
     return lambda image, content: preprocess(augment(image, content, view))

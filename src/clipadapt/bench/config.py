@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from clipadapt.defaults import DEFAULT_VIEWS, SELECTION_MODES
+from clipadapt.views import DEFAULT_AUGMENT, parse_augment
 
 PROTOCOLS: dict[str, str] = {
     "fewshot": "few-shot on each dataset or domain, tested on its own test split",
@@ -55,6 +56,7 @@ class BenchConfig:
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     sources: tuple[str, ...] = ()  # () = every domain (held-out domains for lodo)
     views: int = DEFAULT_VIEWS
+    augment: tuple[str, ...] | str = DEFAULT_AUGMENT  # transforms of the augmented views
     selection: str = "validation"  # or "cv": k-fold over support + validation
     split_seed: int = 1
     test_fraction: float = 0.3
@@ -89,6 +91,7 @@ class BenchConfig:
         if "far_ood" in self.protocols and not self.ood_data:
             raise ValueError("protocol far_ood needs ood_data: {name: dataset path, ...}")
         self.detectors = tuple(_as_list("detectors", self.detectors, str))
+        self.augment = parse_augment(_as_list("augment", self.augment, str))
         for name, minimum in (("known_classes", 1), ("views", 0), ("split_seed", 0)):
             value = _require(name, getattr(self, name), int)
             if value < minimum:

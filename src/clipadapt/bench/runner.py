@@ -171,6 +171,7 @@ def run_bench(
         prompts,
         cache=FeatureCache(config.cache_dir),
         views=config.views,
+        augment=config.augment,
         selection=config.selection,
         skip_bad=config.skip_bad,
         progress=progress,
@@ -259,6 +260,7 @@ class _Runner:
             "seed": run.seed,
             "val_per_class": few.val_per_class,
             "views": views_given(method, c.views),
+            "augment": list(c.augment) if views_given(method, c.views) else [],
             "split_seed": c.split_seed,
             "test_fraction": c.test_fraction,
             "on_too_few": c.on_too_few,
@@ -423,6 +425,7 @@ class _Runner:
             "seed": run.seed,
             "val_per_class": run_config["val_per_class"],
             "views": run_config["views"],
+            "augment": run_config["augment"],
             "split_seed": self.config.split_seed,
             "test_fraction": self.config.test_fraction,
             "split_files": {

@@ -43,6 +43,7 @@ from clipadapt.pipeline.fitting import (
 from clipadapt.pipeline.openset import FeatureSet, OpenSetEvaluation, evaluate_open_set
 from clipadapt.pipeline.task import Images, Setting, Splits, Target
 from clipadapt.prompts import PromptSet, class_embeddings
+from clipadapt.views import DEFAULT_AUGMENT
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Experiment:
     prompts: PromptSet
     cache: FeatureCache | None = None
     views: int = 0
+    augment: tuple[str, ...] = DEFAULT_AUGMENT
     selection: str = "validation"
     skip_bad: bool = False
     progress: bool = True
@@ -80,7 +82,11 @@ class Experiment:
     def bank(self) -> FeatureBank:
         if self._bank is None:
             self._bank = FeatureBank(
-                self.backend, self.cache, skip_bad=self.skip_bad, progress=self.progress
+                self.backend,
+                self.cache,
+                skip_bad=self.skip_bad,
+                progress=self.progress,
+                augment=self.augment,
             )
         return self._bank
 
@@ -173,7 +179,13 @@ class Experiment:
         bank = self.bank
         eval_backend = method.feature_backend(self.backend)
         if eval_backend is not self.backend:  # the method changed the image side
-            bank = FeatureBank(eval_backend, self.cache, skip_bad=self.skip_bad, progress=False)
+            bank = FeatureBank(
+                eval_backend,
+                self.cache,
+                skip_bad=self.skip_bad,
+                progress=False,
+                augment=self.augment,
+            )
         return Fitted(method, inputs, data, fit_seconds, bank)
 
     # -- closed-set evaluation ------------------------------------------------------------

@@ -17,7 +17,7 @@ from clipadapt.data.errors import DatasetError
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.features import extract_features
 from clipadapt.models.base import Backend
-from clipadapt.views import CENTER, augmented_view_name
+from clipadapt.views import CENTER, DEFAULT_AUGMENT, augmented_view_name
 
 _TODO, _OK, _UNREADABLE = 0, 1, -1
 
@@ -37,8 +37,10 @@ class FeatureBank:
         *,
         skip_bad: bool = False,
         progress: bool = True,
+        augment: tuple[str, ...] = DEFAULT_AUGMENT,
     ) -> None:
         self.backend = backend
+        self.augment = augment
         self.cache = cache
         self.skip_bad = skip_bad
         self.progress = progress
@@ -90,7 +92,7 @@ class FeatureBank:
     def prefetch_views(self, dataset: ImageDataset, indices: list[int], count: int) -> None:
         """Embed ``aug0``..``aug{count-1}`` of ``indices`` (through the cache) in one pass each."""
         for v in range(count):
-            view = augmented_view_name(v)
+            view = augmented_view_name(v, self.augment)
             store = self._views.setdefault((dataset.name, view), {})
             todo = sorted(set(self.readable(dataset, indices)) - store.keys())
             if todo:
@@ -100,5 +102,6 @@ class FeatureBank:
     def views(self, dataset: ImageDataset, indices: list[int], count: int) -> torch.Tensor:
         """Augmented-view features (count, len(indices), D)."""
         self.prefetch_views(dataset, indices, count)
-        stores = [self._views[(dataset.name, augmented_view_name(v))] for v in range(count)]
+        names = [augmented_view_name(v, self.augment) for v in range(count)]
+        stores = [self._views[(dataset.name, name)] for name in names]
         return torch.stack([torch.stack([store[i] for i in indices]) for store in stores])

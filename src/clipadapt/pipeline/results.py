@@ -103,6 +103,7 @@ class RunResult:
     seed: int
     val_per_class: int
     views: int
+    augment: list[str]  # transforms of the augmented views ([] without views)
     split_seed: int
     test_fraction: float
     split_files: dict[str, str]
