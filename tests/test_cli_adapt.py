@@ -160,13 +160,16 @@ def test_demo_compares_with_zero_shot(tmp_path, backend, monkeypatch, capsys) ->
     printed = capsys.readouterr().out
     assert "gain over zero-shot:" in printed and f"results written to {out}" in printed
     result = json.loads((out / "result.json").read_text())
-    assert set(result["metrics"]) == {"zeroshot", "gda"} and result["n_test"] == 27
-    gain = result["metrics"]["gda"]["acc1"] - result["metrics"]["zeroshot"]["acc1"]
+    assert set(result["metrics"]) == {"zeroshot", "auto"} and result["n_test"] == 27
+    gain = result["metrics"]["auto"]["acc1"] - result["metrics"]["zeroshot"]["acc1"]
     assert result["gain_acc1"] == pytest.approx(gain)
+    chosen = result["chosen"]  # what auto chose, on cross-validation scores it records
+    assert chosen["value"] in chosen["candidates"] and f"auto chose {chosen['value']}" in printed
+    assert chosen["candidates"][chosen["value"]] == max(chosen["candidates"].values())
     rows = list(csv.DictReader(io.StringIO((out / "predictions.csv").read_text())))
     assert len(rows) == 27
     assert sum(r["label"] == Path(r["path"]).parent.name for r in rows) / 27 == pytest.approx(
-        result["metrics"]["gda"]["acc1"]
+        result["metrics"]["auto"]["acc1"]
     )
 
 

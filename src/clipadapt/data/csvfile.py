@@ -144,11 +144,11 @@ def _check_columns(
     if path_column not in columns:
         raise DatasetError(
             f"{csv_path} has no column {path_column!r} for image paths {has}; "
-            "name the right column with path_column"
+            "name the right column with --path-column, or the separator with --csv-sep"
         )
     for column, default, option in (
-        (label_column, DEFAULT_LABEL_COLUMN, "label_column"),
-        (caption_column, DEFAULT_CAPTION_COLUMN, "caption_column"),
+        (label_column, DEFAULT_LABEL_COLUMN, "--label-column"),
+        (caption_column, DEFAULT_CAPTION_COLUMN, "--caption-column"),
     ):
         if column != default and column not in columns:
             raise DatasetError(f"{csv_path} has no column {column!r} {has}; fix {option}")
@@ -156,6 +156,6 @@ def _check_columns(
     if not (has_label or has_caption):
         raise DatasetError(
             f"{csv_path} has neither a label column {label_column!r} nor a caption column "
-            f"{caption_column!r} {has}; name them with label_column / caption_column"
+            f"{caption_column!r} {has}; name them with --label-column / --caption-column"
         )
     return has_label, has_caption
