@@ -13,6 +13,8 @@ Steps, each through the ``clipadapt`` command a user would type:
 2. ``clipadapt bench`` into an emptied results directory, in a child process whose wall
    time and peak resident memory (``wait4``) are measured: the "warm cache" figures;
 3. ``clipadapt report`` into ``--report``;
+   (``--selection cv`` runs the same grid choosing hyperparameters by cross-validation, into
+   ``<out>_cv``);
 4. a JSON summary: wall time, per-method median fit and predict times, peak RSS, and the
    headline rows (``--headline-source`` at the largest shot count: in-domain and the mean
    over the other domains for every method).
@@ -36,6 +38,7 @@ from clipadapt.bench.aggregate import aggregate, load_results
 from clipadapt.bench.config import BenchConfig, read_config_file
 from clipadapt.bench.protocols import IN_DOMAIN, OTHERS_MEAN
 from clipadapt.bench.runner import check_results_dir
+from clipadapt.pipeline.results import RunResult
 
 HERE = Path(__file__).resolve().parent
 CLI = [sys.executable, "-m", "clipadapt.cli"]
@@ -50,13 +53,23 @@ def main() -> None:
     )
     parser.add_argument("--headline-source", default="photo")
     parser.add_argument("--resume", action="store_true", help="keep finished runs (no timing)")
+    parser.add_argument(
+        "--selection",
+        choices=("validation", "cv"),
+        help="override the config's hyperparameter selection (results go to <out>_<selection>)",
+    )
     args = parser.parse_args()
-    config = BenchConfig.from_mapping(read_config_file(args.config), where=str(args.config))
+    values = read_config_file(args.config)
+    overrides = []
+    if args.selection:
+        values |= {"selection": args.selection, "out": f"{values['out']}_{args.selection}"}
+        overrides = ["--selection", args.selection, "--out", values["out"]]
+    config = BenchConfig.from_mapping(values, where=str(args.config))
     if config.out.exists() and not args.resume:
         check_results_dir(config.out)  # only ever delete a bench results directory
         shutil.rmtree(config.out)
 
-    bench = [*CLI, "-q", "bench", "--config", str(args.config)]
+    bench = [*CLI, "-q", "bench", "--config", str(args.config), *overrides]
     start = time.perf_counter()
     subprocess.run([*bench, "--prepare-only"], check=True)
     prepare_seconds = time.perf_counter() - start
@@ -71,7 +84,9 @@ def main() -> None:
 
     results = load_results(config.out)
     summary = {
-        "command": f"clipadapt -q bench --config {_relative(args.config)}",
+        "command": " ".join(
+            ["clipadapt -q bench --config", _relative(args.config), *overrides[:2]]
+        ),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -96,15 +111,15 @@ def _relative(path: Path) -> str:
     return str(path.resolve().relative_to(HERE.parent))
 
 
-def _timings(results: list[dict]) -> dict:
+def _timings(results: list[RunResult]) -> dict:
     """Median fit and predict seconds per method, over all runs and at the largest K."""
-    top = max(r["shots"] for r in results)
+    top = max(r.shots for r in results)
     fit, fit_top, predict = defaultdict(list), defaultdict(list), defaultdict(list)
     for r in results:
-        fit[r["method"]].append(r["timing"]["fit_seconds"])
-        predict[r["method"]].append(r["timing"]["predict_seconds"])
-        if r["shots"] == top:
-            fit_top[r["method"]].append(r["timing"]["fit_seconds"])
+        fit[r.method].append(r.timing["fit_seconds"])
+        predict[r.method].append(r.timing["predict_seconds"])
+        if r.shots == top:
+            fit_top[r.method].append(r.timing["fit_seconds"])
     ms = lambda values: round(statistics.median(values) * 1000, 2)  # noqa: E731
     return {
         "fit_ms_median": {m: ms(v) for m, v in fit.items()},
@@ -113,9 +128,9 @@ def _timings(results: list[dict]) -> dict:
     }
 
 
-def _headline(results: list[dict], source: str) -> dict:
+def _headline(results: list[RunResult], source: str) -> dict:
     """In-domain and other-domain acc1 (mean, std over seeds) of ``source`` at the largest K."""
-    top = max(r["shots"] for r in results)
+    top = max(r.shots for r in results)
     rows: dict[str, dict] = defaultdict(dict)
     for key, cell in aggregate(results).items():
         if key.group == source and key.shots == top and key.role in (IN_DOMAIN, OTHERS_MEAN):
