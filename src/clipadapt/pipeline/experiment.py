@@ -38,7 +38,6 @@ from clipadapt.pipeline.fitting import (
     score,
     timed_fit,
     torch_threads,
-    views_given,
 )
 from clipadapt.pipeline.openset import FeatureSet, OpenSetEvaluation, evaluate_open_set
 from clipadapt.pipeline.task import Images, Setting, Splits, Target
@@ -137,19 +136,6 @@ class Experiment:
             rows.append(self.bank.rows(dataset, indices))
             paths += [str(dataset.samples[i].path) for i in indices]
         return dataclasses.replace(data, unlabeled=torch.cat(rows), unlabeled_paths=paths)
-
-    def prefetch(self, setting: Setting, shots: int, seed: int, method: Method) -> None:
-        """Embed what a run reads in few passes: targets, samples and their views."""
-        for target in setting.targets:
-            for images in (target.known, target.unknown):
-                if images is not None:
-                    self.readable(images)
-        for source in setting.sources:
-            few = self.splits.few_shot(source, shots, seed)
-            dataset = self.domains[source]
-            self.bank.ensure(dataset, few.support + few.val)
-            if views_given(method, self.views):
-                self.bank.prefetch_views(dataset, sorted(few.support), self.views)
 
     # -- fitting --------------------------------------------------------------------------
     def fit(
