@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    auc,
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 from clipadapt.ood.metrics import (
     OOD_LABEL,
@@ -16,6 +22,7 @@ from clipadapt.ood.metrics import (
     closed_set_accuracy,
     fpr_at_tpr,
     h_score,
+    metric_conventions,
     ood_metrics,
     oscr,
     reject,
@@ -47,6 +54,32 @@ def test_fpr95_matches_the_roc_curve_point_reaching_95_percent_tpr(seed: int) ->
         np.r_[np.ones(len(ids)), np.zeros(len(oods))], -np.r_[ids, oods], drop_intermediate=False
     )
     assert fpr_at_tpr(ids, oods) == pytest.approx(fpr[np.argmax(tpr >= 0.95)])
+
+
+def test_metric_conventions_say_how_each_metric_is_computed() -> None:
+    """Recompute every metric from what ``metric_conventions`` says; the other conventions
+    (OOD-positive FPR95, trapezoidal AUPR) give other numbers on these scores."""
+    ids, oods = random_scores(0)
+    scores, is_ood = np.r_[ids, oods], np.r_[np.zeros(len(ids)), np.ones(len(oods))]
+    conventions, values = metric_conventions(), ood_metrics(ids, oods)
+
+    def labelled(metric: str) -> tuple[np.ndarray, np.ndarray]:
+        entry = conventions[metric]
+        positive = is_ood if entry["positive"] == "OOD" else 1 - is_ood
+        return positive, {"score": scores, "-score": -scores}[entry["ranked_by"]]
+
+    assert values["AUROC"] == pytest.approx(roc_auc_score(*labelled("AUROC")))
+    for metric in ("AUPR_IN", "AUPR_OUT"):
+        assert conventions[metric]["area"].startswith("average precision")
+        assert values[metric] == pytest.approx(average_precision_score(*labelled(metric)))
+        precision, recall, _ = precision_recall_curve(*labelled(metric))
+        assert abs(values[metric] - auc(recall, precision)) > 1e-3  # trapezoids differ
+    fpr, tpr, _ = roc_curve(*labelled("FPR95"), drop_intermediate=False)
+    assert values["FPR95"] == pytest.approx(fpr[np.argmax(tpr >= conventions["FPR95"]["tpr"])])
+    # what it reads: the share of OOD accepted at the threshold accepting 95% of ID
+    assert values["FPR95"] == np.mean(oods <= np.sort(ids)[int(np.ceil(0.95 * len(ids))) - 1])
+    fpr, tpr, _ = roc_curve(is_ood, scores, drop_intermediate=False)
+    assert abs(values["FPR95"] - fpr[np.argmax(tpr >= 0.95)]) > 0.05  # OOD positive differs
 
 
 def test_fpr95_known_answers() -> None:

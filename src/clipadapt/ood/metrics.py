@@ -1,15 +1,21 @@
-"""OOD and open-set metrics, with pytorch-ood's conventions.
+"""OOD and open-set metrics; ``metric_conventions`` names how each is defined.
 
-Scores are "higher = more likely out-of-distribution"; an input is *accepted* (called
-in-distribution) when its score is at most the threshold. Predicted and true labels use
-``OOD_LABEL`` (-1) for "unknown".
+Scores are "higher = more likely out-of-distribution" (pytorch-ood's sign); an input is
+*accepted* (called in-distribution) when its score is at most the threshold. Predicted and
+true labels use ``OOD_LABEL`` (-1) for "unknown".
 
-- ``AUROC``: area under the ROC curve with OOD as the positive class.
-- ``FPR95``: the fraction of OOD inputs accepted at the threshold that accepts 95% of the
-  in-distribution (ID) inputs, i.e. the smallest threshold ``t`` with ``mean(id <= t) >= 0.95``
-  (``accept_threshold``). Lower is better.
-- ``AUPR_IN``: average precision with ID as the positive class (ranked by ``-score``).
-- ``AUPR_OUT``: average precision with OOD as the positive class (ranked by ``score``).
+- ``AUROC``: area under the ROC curve with OOD as the positive class (the same number with ID
+  positive, ranked by ``-score``).
+- ``FPR95``: ID is the positive class: the fraction of OOD inputs accepted at the threshold
+  that accepts 95% of the in-distribution (ID) inputs, i.e. the smallest threshold ``t`` with
+  ``mean(id <= t) >= 0.95`` (``accept_threshold``). Lower is better. This is the quantity the
+  MCM and NegLabel papers report. pytorch-ood's ``FPR95TPR`` and OpenOOD's ``FPR@95`` take
+  OOD as positive instead: the fraction of ID inputs rejected when 95% of the OOD inputs are.
+- ``AUPR_IN``: ID positive, ranked by ``-score``; ``AUPR_OUT``: OOD positive, ranked by
+  ``score``. Both are average precision, ``sum_k (R_k - R_{k-1}) P_k`` over the thresholds
+  (scikit-learn's ``average_precision_score``, no interpolation). pytorch-ood and OpenOOD
+  integrate the precision-recall curve by trapezoids instead, which reads higher when
+  precision drops between recall steps.
 - ``H_score``: harmonic mean of the known-class accuracy (a known input counts as correct only
   when accepted *and* given its true class) and the unknown accuracy (the fraction of unknown
   inputs rejected), at one threshold.
@@ -22,6 +28,7 @@ in-distribution) when its score is at most the threshold. Predicted and true lab
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,16 +58,19 @@ def _binary(id_scores: ArrayLike, ood_scores: ArrayLike) -> tuple[np.ndarray, np
 
 
 def auroc(id_scores: ArrayLike, ood_scores: ArrayLike) -> float:
+    """Area under the ROC curve, OOD positive."""
     scores, is_ood = _binary(id_scores, ood_scores)
     return float(roc_auc_score(is_ood, scores))
 
 
 def aupr_in(id_scores: ArrayLike, ood_scores: ArrayLike) -> float:
+    """Average precision with ID positive, ranked by ``-score`` (not trapezoidal)."""
     scores, is_ood = _binary(id_scores, ood_scores)
     return float(average_precision_score(1 - is_ood, -scores))
 
 
 def aupr_out(id_scores: ArrayLike, ood_scores: ArrayLike) -> float:
+    """Average precision with OOD positive, ranked by ``score`` (not trapezoidal)."""
     scores, is_ood = _binary(id_scores, ood_scores)
     return float(average_precision_score(is_ood, scores))
 
@@ -79,9 +89,45 @@ def accept_threshold(id_scores: ArrayLike, accept: float = TPR) -> float:
 
 
 def fpr_at_tpr(id_scores: ArrayLike, ood_scores: ArrayLike, tpr: float = TPR) -> float:
-    """Fraction of OOD inputs accepted at ``accept_threshold(id_scores, tpr)``."""
+    """Fraction of OOD inputs accepted at ``accept_threshold(id_scores, tpr)``: the false
+    positive rate at ``tpr`` with ID as the positive class."""
     threshold = accept_threshold(id_scores, tpr)
     return float((as_scores(ood_scores, "ood_scores") <= threshold).mean())
+
+
+AVERAGE_PRECISION = (
+    "average precision: sum_k (R_k - R_{k-1}) P_k (sklearn average_precision_score); "
+    "pytorch-ood and OpenOOD integrate the PR curve by trapezoids"
+)
+
+
+def metric_conventions() -> dict[str, Any]:
+    """How each metric here is defined (JSON-ready), for results to carry beside the numbers.
+
+    For ``AUROC``, ``FPR95``, ``AUPR_IN`` and ``AUPR_OUT``: the ``positive`` class and what
+    inputs are ``ranked_by``, then the ``area`` or the ``tpr`` the false positive rate is
+    read at.
+    """
+    return {
+        "score": "higher = more likely out-of-distribution",
+        "accepted_when": "score <= threshold",
+        "AUROC": {"positive": "OOD", "ranked_by": "score", "area": "ROC, ties count half"},
+        "FPR95": {
+            "positive": "ID",
+            "ranked_by": "-score",
+            "tpr": TPR,
+            "reads": "share of OOD accepted at the threshold accepting 95% of ID "
+            "(as MCM and NegLabel report it); pytorch-ood FPR95TPR and OpenOOD FPR@95 take "
+            "OOD as positive: share of ID rejected when 95% of OOD is",
+        },
+        "AUPR_IN": {"positive": "ID", "ranked_by": "-score", "area": AVERAGE_PRECISION},
+        "AUPR_OUT": {"positive": "OOD", "ranked_by": "score", "area": AVERAGE_PRECISION},
+        "H_score": "harmonic mean of acc_known (accepted and right class) and acc_unknown "
+        "(rejected) at the calibrated threshold",
+        "OSCR": "area under correct-and-accepted known rate against accepted unknown rate",
+        "threshold": "the ceil(accept * n)-th smallest of the n validation scores (known "
+        "classes only)",
+    }
 
 
 def ood_metrics(id_scores: ArrayLike, ood_scores: ArrayLike) -> dict[str, float]:
