@@ -55,6 +55,10 @@ SHORT_ROLE = {
     HM: "HM",
 }
 RANKING_ROLE = {"base_to_novel": HM}
+SELECTION_TEXT = {
+    "validation": "on the few-shot validation set (min(K, 4) per class)",
+    "cv": "by k-fold cross-validation over the support and validation images",
+}
 FIGURE_MANIFEST = ".clipadapt-report-figures.json"  # the figures the last report wrote
 OOD_NOTE = (
     "Results of the near_ood / open_set_dg / far_ood protocols (clipadapt.bench.ood): "
@@ -316,7 +320,9 @@ def _provenance(results: list[dict[str, Any]]) -> list[str]:
         f"- model: {'; '.join(models)}",
         f"- augmented views per support image (methods that read them): "
         f"{', '.join(map(str, views)) or 'none'}",
-        "- hyperparameters chosen on the few-shot validation set (min(K, 4) per class) only",
+        "- hyperparameters chosen "
+        + " and ".join(SELECTION_TEXT[m] for m in sorted({r.selection for r in results}))
+        + ", never on test images",
         "- transductive rows (learned from the test images, without their labels): "
         + (", ".join(transductive) or "none"),
         f"- clipadapt {', '.join(versions)}; peak memory of a run's process: "
