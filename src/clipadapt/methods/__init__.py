@@ -71,7 +71,7 @@ def create_method(name: str, **hyperparameters: Any) -> Method:
 
 def load_method(directory: str | os.PathLike[str]) -> Method:
     """Load a method saved with ``Method.save``, whichever class it is."""
-    config = read_config(Path(directory))
+    config = read_config(Path(directory), "method")
     return _method_class(config["method"]).load(directory)
 
 

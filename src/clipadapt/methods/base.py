@@ -16,12 +16,14 @@ import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from clipadapt.atomic import atomic_write, atomic_write_json
+from clipadapt.defaults import SELECTION_MODES
 from clipadapt.estimator import Estimator, NotFittedError
 
 if TYPE_CHECKING:
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 2
 """2: ``config.json`` keeps the constructor arguments under ``params`` and the values in use
 under ``hyperparameters``."""
-SELECTION_MODES = ("validation", "cv")
+E = TypeVar("E", bound=Estimator)
 
 
 class DataKind(StrEnum):
@@ -166,46 +168,78 @@ class Method(Estimator):
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Self:
         path = Path(directory)
-        config = read_config(path)
+        config = read_config(path, "method", "params", "selected")
         if config["method"] != cls.name:
             raise ValueError(
-                f"{path / 'config.json'}: holds method {config['method']!r}, not {cls.name!r}"
+                f"{path / CONFIG_FILE}: holds method {config['method']!r}, not {cls.name!r}"
             )
-        method = cls(**config["params"])
+        method = build_saved(cls, path / CONFIG_FILE, config["params"])
         method.selected = config["selected"]
-        method._state = read_state(path)
+        method._state = read_state(path, config)
         method._fitted = True
         return method
+
+
+CONFIG_FILE, STATE_FILE = "config.json", "state.safetensors"
+REBUILD = "re-run clipadapt adapt to rebuild the model directory"
 
 
 def write_saved(
     directory: str | os.PathLike[str], config: dict[str, Any], state: dict[str, torch.Tensor]
 ) -> Path:
-    """Write ``config.json`` (with ``format_version``) and ``state.safetensors`` atomically."""
+    """Write ``config.json`` (with ``format_version`` and the ``tensors`` names) and
+    ``state.safetensors`` atomically."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "state.safetensors", lambda p: save_file(state, str(p)))
-    atomic_write_json(out / "config.json", {"format_version": FORMAT_VERSION, **config})
+    atomic_write(out / STATE_FILE, lambda p: save_file(state, str(p)))
+    saved = {"format_version": FORMAT_VERSION, **config, "tensors": sorted(state)}
+    atomic_write_json(out / CONFIG_FILE, saved)
     return out
 
 
-def read_state(directory: Path) -> dict[str, torch.Tensor]:
-    """The tensors ``write_saved`` stored in ``directory``."""
-    return load_file(str(directory / "state.safetensors"))
+def read_state(directory: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors ``write_saved`` stored in ``directory``, all those ``config`` lists."""
+    path = directory / STATE_FILE
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as err:
+        raise ValueError(f"{path}: cannot be read ({err}); {REBUILD}") from None
+    missing = sorted(set(config.get("tensors", ())) - set(state))
+    if missing:
+        raise ValueError(f"{path}: lacks the tensor(s) {', '.join(missing)}; {REBUILD}")
+    return state
 
 
-def read_config(directory: Path) -> dict[str, Any]:
-    """Read and check a saved method's ``config.json``."""
-    config_path = directory / "config.json"
+def read_config(directory: Path, *required: str) -> dict[str, Any]:
+    """Read and check a saved method's ``config.json``, which must hold the keys ``required``."""
+    config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(
             f"{config_path}: not found; is {directory} a saved clipadapt model?"
         )
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{config_path}: not readable JSON ({err}); {REBUILD}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: holds {type(config).__name__}, not an object; {REBUILD}")
     version = config.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(
             f"{config_path}: format_version {version!r} is not {FORMAT_VERSION}; "
             "re-fit the model with this clipadapt version"
         )
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise ValueError(f"{config_path}: lacks {', '.join(map(repr, missing))}; {REBUILD}")
     return config
+
+
+def build_saved(cls: type[E], config_path: Path, params: Any) -> E:
+    """``cls(**params)`` for the hyperparameters a saved ``config.json`` holds."""
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{config_path}: its hyperparameters do not make a {cls.name} ({err}); {REBUILD}"
+        ) from None

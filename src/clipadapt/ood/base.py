@@ -21,7 +21,15 @@ from typing import Any, ClassVar, Self
 import torch
 
 from clipadapt.estimator import Estimator, NotFittedError
-from clipadapt.methods.base import DataKind, FitData, read_config, read_state, write_saved
+from clipadapt.methods.base import (
+    CONFIG_FILE,
+    DataKind,
+    FitData,
+    build_saved,
+    read_config,
+    read_state,
+    write_saved,
+)
 
 TextEncoder = Callable[[list[str]], torch.Tensor]
 """Texts -> L2-normalised embeddings (N, D), e.g. ``backend.encode_texts``."""
@@ -115,15 +123,14 @@ class Detector(Estimator):
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Self:
         path = Path(directory)
-        config = read_config(path)
-        if config.get("detector") != cls.name:
+        config = read_config(path, "detector", "hyperparameters")
+        if config["detector"] != cls.name:
             raise ValueError(
-                f"{path / 'config.json'}: holds detector {config.get('detector')!r}, "
-                f"not {cls.name!r}"
+                f"{path / CONFIG_FILE}: holds detector {config['detector']!r}, not {cls.name!r}"
             )
-        detector = cls(**config["hyperparameters"])
+        detector = build_saved(cls, path / CONFIG_FILE, config["hyperparameters"])
         detector.info = config.get("info", {})
-        detector._state = read_state(path)
+        detector._state = read_state(path, config)
         detector._load_extra(path)
         detector._fitted = True
         return detector

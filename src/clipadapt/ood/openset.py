@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from clipadapt.methods import Method, load_method
-from clipadapt.methods.base import read_config
+from clipadapt.methods.base import CONFIG_FILE, REBUILD, read_config
 from clipadapt.ood.base import Detector, ScoreInput
 from clipadapt.ood.metrics import OOD_LABEL, accept_threshold, reject
 from clipadapt.ood.registry import load_detector
@@ -155,9 +155,15 @@ class OpenSetClassifier:
                 "OpenSetClassifier.calibrate(...).save(...) to predict 'unknown'"
             )
         open_set = config[CONFIG_KEY]
+        try:
+            threshold = float(open_set["threshold"])
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(
+                f"{path / CONFIG_FILE}: {CONFIG_KEY!r} holds no numeric threshold; {REBUILD}"
+            ) from None
         return cls(
             load_method(path),
             load_detector(path / DETECTOR_DIR),
-            float(open_set["threshold"]),
+            threshold,
             open_set.get("accept"),
         )
