@@ -69,12 +69,14 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def fitted(name: str, data: FitData, tmp_path: Path) -> Detector:
-    options = {"vocabulary": word_file(tmp_path, [f"w{i}" for i in range(60)])}
+def fitted(name: str, data: FitData, tmp_path: Path, **hyperparameters) -> Detector:
+    """``name`` fitted on ``data``; NegLabel with a vocabulary of 60 made-up words."""
+    if name == "neglabel":
+        hyperparameters.setdefault("vocabulary", word_file(tmp_path, [f"w{i}" for i in range(60)]))
     anchors = {
         f"a photo of a {c}.": e for c, e in zip(data.classnames, data.class_embeddings, strict=True)
     }
-    detector = create_detector(name, **(options if name == "neglabel" else {}))
+    detector = create_detector(name, **hyperparameters)
     return detector.fit(data, encode_texts=fake_text_encoder(anchors))
 
 
@@ -112,14 +114,19 @@ def test_save_load_gives_identical_scores(name: str, data: FitData, tmp_path: Pa
     )
 
 
+def neg_log_odds(probabilities: torch.Tensor) -> torch.Tensor:
+    top = probabilities.amax(-1)
+    return torch.log((1 - top) / top)
+
+
 def test_logit_scores_follow_their_equations(data: FitData):
     logits = torch.tensor([[2.0, 1.0, 0.0], [0.5, 0.5, 0.5]])
     scale = data.logit_scale
     torch.testing.assert_close(
-        create_detector("msp").fit(data).score(None, logits), -logits.softmax(-1).amax(-1)
+        create_detector("msp").fit(data).score(None, logits), neg_log_odds(logits.softmax(-1))
     )
     mcm = create_detector("mcm", temperature=0.5).fit(data).score(None, logits)
-    torch.testing.assert_close(mcm, -(logits / (scale * 0.5)).softmax(-1).amax(-1))
+    torch.testing.assert_close(mcm, neg_log_odds((logits / (scale * 0.5)).softmax(-1)))
     torch.testing.assert_close(
         create_detector("max_logit").fit(data).score(None, logits), torch.tensor([-2.0, -0.5])
     )
@@ -135,6 +142,48 @@ def test_mcm_at_temperature_one_over_scale_is_msp(data: FitData):
     torch.testing.assert_close(
         mcm.score(None, logits), create_detector("msp").fit(data).score(None, logits)
     )
+
+
+def margin_logits(margins: torch.Tensor, classes: int = 4) -> torch.Tensor:
+    """Logits ``[m, 0, ..., 0]``: MSP ``e^m / (e^m + C - 1)`` falls as the margin ``m`` does."""
+    logits = torch.zeros(len(margins), classes)
+    logits[:, 0] = margins
+    return logits
+
+
+@pytest.mark.parametrize("name", ["msp", "mcm"])
+def test_softmax_scores_keep_ranking_inputs_with_huge_margins(name: str, data: FitData):
+    """GDA's logits lead by hundreds: -MSP in float32 is exactly -1 for most inputs."""
+    options = {"temperature": 1 / data.logit_scale} if name == "mcm" else {}
+    detector = create_detector(name, **options).fit(data)
+    id_margins = torch.linspace(40.0, 400.0, 50)
+    ood_margins = torch.linspace(20.0, 120.0, 30)
+    id_scores = detector.score(None, margin_logits(id_margins))
+    ood_scores = detector.score(None, margin_logits(ood_margins))
+    assert len(torch.unique(torch.cat([id_scores, ood_scores]))) == 80
+    # the ranking exact arithmetic gives: MSP is increasing in the margin
+    expected = auroc(-id_margins.double(), -ood_margins.double())
+    assert auroc(id_scores, ood_scores) == pytest.approx(expected, abs=1e-12)
+    saturated = -margin_logits(torch.cat([id_margins, ood_margins])).softmax(-1).amax(-1)
+    assert (saturated == -1).sum() > 60  # what the float32 probability gave
+
+
+def test_gl_mcm_and_neglabel_do_not_round_confident_inputs_to_one(data: FitData, tmp_path: Path):
+    """Their scores add or average probabilities: kept as ``1 - p``, confident inputs stay
+    ranked where ``p`` itself would round to 1 (margins above ~17; below ~100, ``1 - p`` is
+    still a float32 number)."""
+    gl = create_detector("gl_mcm", local_weight=0.0).fit(data)
+    margins = torch.linspace(20.0, 90.0, 20)
+    logits = margin_logits(margins, data.num_classes) * data.logit_scale
+    local = F.normalize(torch.ones(20, 2, DIM), dim=-1)
+    scores = gl.score(None, logits, local_features=local)
+    assert bool((scores[1:] < scores[:-1]).all()) and bool((scores > 0).all())
+
+    neglabel = fitted("neglabel", data, tmp_path, temperature=0.03)  # -S is exactly -1 here
+    known = neglabel.state("known")
+    confident = F.normalize(known[:1] + torch.linspace(0.0, 0.3, 20)[:, None] * known[1:2], dim=-1)
+    scores = neglabel.score(confident)
+    assert len(torch.unique(scores)) == 20 and bool((scores > 0).all())
 
 
 def test_knn_is_the_distance_to_the_kth_support_feature():

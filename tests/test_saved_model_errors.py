@@ -74,10 +74,14 @@ def test_corrupt_detector_directory_is_refused(corruption: str, tmp_path: Path) 
     assert_refused(lambda: load_detector(directory), directory / name)
 
 
-def test_detector_config_without_hyperparameters_is_refused(tmp_path: Path) -> None:
+def test_detector_config_without_hyperparameters_or_of_an_older_score_is_refused(
+    tmp_path: Path,
+) -> None:
     directory = tmp_path / "detector"
     create_detector("msp").fit(make_data()).save(directory)
     config = directory / "config.json"
+    edit_config(config, lambda c: c.update(score_version=1))  # before msp became log-odds
+    assert_refused(lambda: load_detector(directory), config)
     edit_config(config, lambda c: c.pop("hyperparameters"))
     assert_refused(lambda: load_detector(directory), config)
 

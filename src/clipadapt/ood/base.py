@@ -23,6 +23,7 @@ import torch
 from clipadapt.estimator import Estimator, NotFittedError
 from clipadapt.methods.base import (
     CONFIG_FILE,
+    REBUILD,
     DataKind,
     FitData,
     build_saved,
@@ -55,6 +56,9 @@ class Detector(Estimator):
     name: ClassVar[str]
     uses: ClassVar[frozenset[ScoreInput]] = frozenset({ScoreInput.LOGITS})
     reads: ClassVar[frozenset[DataKind]] = frozenset()
+    score_version: ClassVar[int] = 1
+    """Bumped when the score's values change; a saved detector (and the threshold calibrated
+    on its scores) of another version is refused."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -115,6 +119,7 @@ class Detector(Estimator):
         self._save_extra(out)
         config = {
             "detector": self.name,
+            "score_version": self.score_version,
             "hyperparameters": self.get_params(),
             "info": self.info,
         }
@@ -127,6 +132,13 @@ class Detector(Estimator):
         if config["detector"] != cls.name:
             raise ValueError(
                 f"{path / CONFIG_FILE}: holds detector {config['detector']!r}, not {cls.name!r}"
+            )
+        version = config.get("score_version", 1)
+        if version != cls.score_version:
+            raise ValueError(
+                f"{path / CONFIG_FILE}: saved with version {version} of the {cls.name!r} score, "
+                f"this clipadapt computes version {cls.score_version} (a saved threshold no "
+                f"longer applies); {REBUILD}"
             )
         detector = build_saved(cls, path / CONFIG_FILE, config["hyperparameters"])
         detector.info = config.get("info", {})

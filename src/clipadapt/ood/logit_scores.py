@@ -1,15 +1,20 @@
 """Scores on a method's logits: MSP, MCM, maximum logit and energy.
 
 Every score here reads only ``method.predict_logits(features)``, so it sits on top of any
-method. All are negated confidences, so higher = more likely out-of-distribution.
+method. Higher = more likely out-of-distribution.
 
-- MSP (Hendrycks & Gimpel, 2017): ``-max softmax(logits)``.
-- MCM (Ming et al., NeurIPS 2022): ``-max softmax(cos / tau)``, the softmax of the cosine
-  similarities to the class text embeddings at temperature ``tau``; the paper's default is
-  ``tau = 1`` (a softmax over unscaled cosines). Methods here return ``logit_scale * cos``
-  (zero-shot) or that plus an adapter term, so MCM is computed as
-  ``softmax(logits / (logit_scale * tau))``: exactly the paper's score for zero-shot CLIP and a
-  temperature-scaled MSP for adapted methods. ``tau = 1 / logit_scale`` gives MSP back.
+- MSP (Hendrycks & Gimpel, 2017) ranks inputs by the maximum softmax probability ``p``. The
+  score is its negated log-odds, ``log((1 - p) / p) = logsumexp_{j != top} l_j - max l``
+  (``neg_logit_msp``): the same order as ``-p``, so AUROC, FPR95 and the calibrated
+  decisions are those of MSP, but computed in log space it never saturates. ``-p`` itself
+  rounds to exactly -1 in float32 once the top logit leads by ~17 (GDA's logits lead by
+  hundreds), tying most inputs.
+- MCM (Ming et al., NeurIPS 2022): the same on ``softmax(cos / tau)``, the softmax of the
+  cosine similarities to the class text embeddings at temperature ``tau``; the paper's default
+  is ``tau = 1`` (a softmax over unscaled cosines). Methods here return ``logit_scale * cos``
+  (zero-shot) or that plus an adapter term, so MCM reads ``logits / (logit_scale * tau)``:
+  exactly the paper's ranking for zero-shot CLIP and a temperature-scaled MSP for adapted
+  methods. ``tau = 1 / logit_scale`` gives MSP back.
 - MaxLogit (Hendrycks et al., ICML 2022): ``-max logits``.
 - Energy (Liu et al., NeurIPS 2020): ``-T * logsumexp(logits / T)``, ``T = 1`` by default.
 """
@@ -23,10 +28,17 @@ from clipadapt.methods.common import scale_tensor
 from clipadapt.ood.base import Detector, ScoreInput, TextEncoder
 
 
-def max_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """``softmax(logits).max(-1)`` computed as ``1 / sum_j exp(l_j - max l)``: equal, and
-    several times faster than a softmax over the few classes of a few-shot task."""
-    return (logits - logits.amax(dim=-1, keepdim=True)).exp_().sum(dim=-1).reciprocal_()
+def neg_logit_msp(logits: torch.Tensor) -> torch.Tensor:
+    """``log((1 - p) / p)`` for ``p = max softmax(logits)``, in float64 log space (N,).
+
+    With ``t`` the top class it is ``logsumexp_{j != t} (l_j - l_t)``: finite whatever the
+    margin, and increasing as ``p`` falls. Written out in place, it costs less than a softmax.
+    """
+    logits = logits.double()
+    top, index = logits.max(dim=-1, keepdim=True)
+    others = (logits - top).scatter_(-1, index, float("-inf"))  # l_j - l_t, without t
+    peak = others.amax(dim=-1, keepdim=True)
+    return others.sub_(peak).exp_().sum(dim=-1).log_().add_(peak.squeeze(-1))
 
 
 def _check_temperature(name: str, temperature: float) -> float:
@@ -36,23 +48,25 @@ def _check_temperature(name: str, temperature: float) -> float:
 
 
 class MSP(Detector):
-    """Maximum softmax probability of the method's logits, negated."""
+    """Maximum softmax probability of the method's logits, as negated log-odds."""
 
     name = "msp"
     uses = frozenset({ScoreInput.LOGITS})
+    score_version = 2  # 1: -p in float32
 
     def _score(self, features, logits, local_features) -> torch.Tensor:
-        return -max_softmax(logits)
+        return neg_logit_msp(logits)
 
 
 class MCM(Detector):
-    """Maximum concept matching: ``-max softmax(logits / (logit_scale * temperature))``.
+    """Maximum concept matching: ``neg_logit_msp(logits / (logit_scale * temperature))``.
 
     ``temperature`` is the paper's tau on cosine similarities (default 1, as in the paper).
     """
 
     name = "mcm"
     uses = frozenset({ScoreInput.LOGITS})
+    score_version = 2  # 1: -max softmax in float32
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
@@ -62,7 +76,7 @@ class MCM(Detector):
         self.set_state(logit_scale=scale_tensor(data))
 
     def _score(self, features, logits, local_features) -> torch.Tensor:
-        return -max_softmax(logits / (self.state("logit_scale") * self.temperature))
+        return neg_logit_msp(logits / (self.state("logit_scale") * self.temperature))
 
 
 class MaxLogit(Detector):

@@ -9,7 +9,10 @@ words are never candidates.
 Score: with ``s_i = cos(f, t_i) / tau`` for the known classes and ``n_j = cos(f, v_j) / tau``
 for the negatives, the ID confidence is the softmax mass on the known labels,
 ``S = sum_i e^{s_i} / (sum_i e^{s_i} + sum_j e^{n_j})``, averaged over ``groups`` random
-disjoint groups of negatives (the paper's grouping strategy). The OOD score is ``-S``.
+disjoint groups of negatives (the paper's grouping strategy). The OOD score is the mass on
+the negatives, ``1 - S`` (the paper's ``-S`` plus one: the same ranking), computed in float64
+log space so that a confident input keeps a tiny positive score instead of rounding to
+``S = 1``.
 The paper's settings: 15% of the candidates, the 95th percentile, 100 groups, tau = 0.01 for
 CLIP (whose logit scale is 100); ``tau`` defaults to ``1 / logit_scale`` of the backend.
 
@@ -126,6 +129,7 @@ class NegLabel(Detector):
 
     name = "neglabel"
     uses = frozenset({ScoreInput.FEATURES})
+    score_version = 2  # 1: -S in float32
 
     def __init__(
         self,
@@ -185,13 +189,14 @@ class NegLabel(Detector):
         }
 
     def _score(self, features, logits, local_features) -> torch.Tensor:
-        tau = self.state("temperature")
+        tau = self.state("temperature").double()
         negatives = self.state("negatives")
         groups = min(self.groups, len(negatives))
         order = torch.randperm(len(negatives), generator=torch.Generator().manual_seed(self.seed))
         order = order[: len(order) - len(order) % groups].view(groups, -1)
-        known = features @ self.state("known").T / tau  # (N, C)
-        negative = (features @ negatives.T / tau)[:, order]  # (N, G, M/G)
+        known = (features @ self.state("known").T).double() / tau  # (N, C)
+        negative = (features @ negatives.T).double()[:, order] / tau  # (N, G, M/G)
+        negative_mass = torch.logsumexp(negative, dim=-1)  # (N, G)
         known_mass = torch.logsumexp(known, dim=-1, keepdim=True)  # (N, 1)
-        total = torch.logaddexp(known_mass, torch.logsumexp(negative, dim=-1))  # (N, G)
-        return -(known_mass - total).exp().mean(dim=-1)
+        total = torch.logaddexp(known_mass, negative_mass)  # (N, G)
+        return (negative_mass - total).exp().mean(dim=-1)
