@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -292,3 +293,42 @@ def test_pseudo_open_learns_an_unknown_class(data: FitData):
     with pytest.raises(ValueError, match="two classes"):
         one_class = make_data(num_classes=1, dim=DIM)
         create_detector("pseudo_open").fit(one_class)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_detectors_learn_nothing_from_the_validation_set(name: str, data: FitData, tmp_path):
+    """Validation scores are out-of-sample, like test scores: the threshold calibrated on
+    them carries no in-sample bias."""
+    method = create_method("zeroshot").fit(data)
+    queries = inputs(method, data.val_features)
+    with_val = fitted(name, data, tmp_path).score(**queries)
+    without = dataclasses.replace(data, val_features=None, val_labels=None)
+    torch.testing.assert_close(fitted(name, without, tmp_path).score(**queries), with_val)
+
+
+def test_held_out_scores_leave_each_support_image_and_its_views_out(data: FitData, tmp_path):
+    held = create_detector("knn").held_out_scores(data)
+    bank = torch.cat([data.support_features[None], data.support_views])  # (1+V, N, D)
+    rank = torch.cat([torch.arange(8)] * 3)  # 8 support images per class, in class order
+    for i in range(len(held)):
+        others = bank[:, rank % 4 != rank[i] % 4].flatten(0, 1)
+        nearest = (others - data.support_features[i]).norm(dim=-1).min()
+        torch.testing.assert_close(held[i], nearest)
+    assert bool((held > 0).all())  # in-sample, every image is at distance 0 from itself
+    assert create_detector("msp").fit(data).held_out_scores(data) is None  # in-sample logits
+    neglabel = fitted("neglabel", data, tmp_path)  # learns nothing from images
+    torch.testing.assert_close(
+        neglabel.held_out_scores(data), neglabel.score(data.support_features)
+    )
+    one_shot = make_data(num_classes=3, dim=DIM, shots=1)
+    assert create_detector("pseudo_open").held_out_scores(one_shot) is None
+
+
+def test_pooled_calibration_is_not_set_by_one_atypical_validation_image():
+    """PACS near-OOD, seed 1: 16 validation scores, one (a guitar lying on rocks) at 4.95,
+    far above the rest; "accept 95% of 16" accepts all 16, so that image is the threshold."""
+    val = torch.cat([torch.linspace(-2.0, 2.0, 15), torch.tensor([4.95])])
+    held_out = torch.linspace(-2.5, 2.5, 64)
+    assert calibrate_threshold(val) == pytest.approx(4.95)
+    pooled = calibrate_threshold(val, held_out=held_out)
+    assert pooled < 2.5 and (torch.cat([val, held_out]) <= pooled).float().mean() >= 0.95

@@ -12,6 +12,7 @@ loads back to identical scores.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from enum import StrEnum
@@ -108,6 +109,43 @@ class Detector(Estimator):
         local_features: torch.Tensor | None,
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def held_out_scores(
+        self, data: FitData, *, encode_texts: TextEncoder | None = None, folds: int = 4
+    ) -> torch.Tensor | None:
+        """Out-of-sample scores (N,) of the ``data`` support images, to calibrate a threshold
+        on more known images than the few-shot validation set holds.
+
+        A score that learns from the support is refitted ``folds`` times, each time without
+        one fold (every ``folds``-th image of each class, with its views), and scores the images
+        left out; one that learns nothing from images scores them as they are. None when the
+        score reads the method's logits (the method was fitted on these images) or patch
+        features, or when a class has a single support image.
+        """
+        if self.uses != {ScoreInput.FEATURES} or data.support_features is None:
+            return None
+        x, y = data.support_features, data.support_labels
+        if DataKind.SUPPORT not in self.reads:
+            return self.score(x)
+        rank = torch.empty_like(y)
+        for label in y.unique():
+            members = (y == label).nonzero().flatten()
+            if len(members) < 2:
+                return None
+            rank[members] = torch.arange(len(members))
+        scores = torch.empty(len(x))
+        for fold in range(folds):
+            out = rank % folds == fold
+            if not bool(out.any()):
+                continue
+            part = dataclasses.replace(
+                data,
+                support_features=x[~out],
+                support_labels=y[~out],
+                support_views=None if data.support_views is None else data.support_views[:, ~out],
+            )
+            scores[out] = self.clone().fit(part, encode_texts=encode_texts).score(x[out])
+        return scores
 
     # -- persistence --------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> Path:

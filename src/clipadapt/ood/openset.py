@@ -1,7 +1,9 @@
 """Open-set prediction: a fitted method, a fitted detector and a deployment threshold.
 
-The threshold is calibrated on the few-shot *validation* set only (known classes, never test
-images): the smallest score that accepts ``accept`` (default 95%) of the validation images.
+The threshold is calibrated on known-class images only, never test images: the smallest
+score that accepts ``accept`` (default 95%) of the few-shot *validation* images, pooled with
+out-of-sample scores of the support images where the detector can give them
+(``Detector.held_out_scores``).
 ``predict`` returns the method's class, or ``OOD_LABEL`` (-1) where the score exceeds the
 threshold. Saved, the classifier is the method's directory (so ``load_method`` still reads
 it) with the threshold in its ``config.json`` under ``"open_set"`` and the detector in the
@@ -27,6 +29,7 @@ from clipadapt.ood.registry import load_detector
 DETECTOR_DIR = "ood"
 CONFIG_KEY = "open_set"
 UNKNOWN = "unknown"
+VALIDATION, HELD_OUT = "few-shot validation set", "held-out support scores"
 
 
 def detector_scores(
@@ -49,9 +52,18 @@ def detector_scores(
     return detector.score(features, logits, local_features=local_features)
 
 
-def calibrate_threshold(val_scores: torch.Tensor, accept: float = 0.95) -> float:
-    """The threshold accepting ``accept`` of the validation scores (known-class images only)."""
-    return accept_threshold(val_scores, accept)
+def calibrate_threshold(
+    val_scores: torch.Tensor, accept: float = 0.95, held_out: torch.Tensor | None = None
+) -> float:
+    """The threshold accepting ``accept`` of the validation scores (known-class images only),
+    pooled with ``held_out`` scores of the support images when given
+    (``Detector.held_out_scores``).
+
+    Below ``1 / (1 - accept)`` scores (20 at 95%) the rule can only accept them all: the
+    threshold is the single highest validation score, so one atypical image sets it.
+    """
+    scores = val_scores if held_out is None else torch.cat([val_scores, held_out])
+    return accept_threshold(scores, accept)
 
 
 def label_names(predictions: torch.Tensor, classnames: Sequence[str]) -> list[str]:
@@ -67,6 +79,7 @@ class OpenSetClassifier:
     detector: Detector
     threshold: float
     accept: float | None = None  # the validation acceptance rate the threshold was set for
+    calibrated_on: str = VALIDATION
 
     @classmethod
     def calibrate(
@@ -78,10 +91,12 @@ class OpenSetClassifier:
         accept: float = 0.95,
         val_method_features: torch.Tensor | None = None,
         val_local_features: torch.Tensor | None = None,
+        held_out: torch.Tensor | None = None,
     ) -> OpenSetClassifier:
-        """Set the threshold on the few-shot validation features (known classes only).
+        """Set the threshold on the few-shot validation features (known classes only) and the
+        ``held_out`` scores of the support images, if given (see ``calibrate_threshold``).
 
-        The optional inputs are as in ``detector_scores``.
+        The other optional inputs are as in ``detector_scores``.
         """
         if len(val_features) == 0:
             raise ValueError(
@@ -95,7 +110,9 @@ class OpenSetClassifier:
             method_features=val_method_features,
             local_features=val_local_features,
         )
-        return cls(method, detector, calibrate_threshold(scores, accept), accept)
+        threshold = calibrate_threshold(scores, accept, held_out)
+        where = VALIDATION if held_out is None else f"{VALIDATION} + {len(held_out)} {HELD_OUT}"
+        return cls(method, detector, threshold, accept, where)
 
     @property
     def needs_local_features(self) -> bool:
@@ -141,7 +158,7 @@ class OpenSetClassifier:
             "detector": self.detector.name,
             "threshold": self.threshold,
             "accept": self.accept,
-            "calibrated_on": "few-shot validation set",
+            "calibrated_on": self.calibrated_on,
         }
         return self.method.save(out, extra_config={**(extra_config or {}), CONFIG_KEY: open_set})
 
@@ -166,4 +183,5 @@ class OpenSetClassifier:
             load_detector(path / DETECTOR_DIR),
             threshold,
             open_set.get("accept"),
+            open_set.get("calibrated_on", VALIDATION),
         )
