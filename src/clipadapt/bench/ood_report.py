@@ -1,23 +1,31 @@
 """The OOD section of ``clipadapt report``: open-set results (task ``open_set``) aggregated
 over seeds, and their score histograms and ROC curves.
 
-Tables (percent, mean ± sample std over seeds), per protocol and dataset at each shot
-count: AUROC per method x detector x target (plus the mean over targets when there are
-several), and per method x detector the means over targets of AUROC, FPR95, AUPR_IN,
-AUPR_OUT and, at the validation-calibrated threshold, H-score and OSCR, with the closed-set
-accuracy on known-class inputs.
+Detectors that read only image features (``knn``, ``mahalanobis``, ``neglabel``,
+``pseudo_open``: no ``ScoreInput.LOGITS`` in ``Detector.uses``) are fitted once per sample
+and score alike under every method, so their detection metrics appear once per source and
+shot count, as method ``(image features)``; a method that adapted the image side (its
+``feature_fingerprint`` differs from the backend's ``image_fingerprint``) keeps its own rows.
 
-Figures, a fixed choice (never picked by test results): for every protocol, source and
-method at the largest shot count and the smallest seed, small multiples of the ID-vs-OOD
-score histograms of *every* detector that ran (with its calibrated threshold) and one panel
-of all their ROC curves. Scores are those saved beside each result; with several targets
-(open-set DG) they are pooled over the targets.
+Tables (percent, mean ± sample std over seeds), per protocol, dataset, source and shot
+count: detection (AUROC per target, plus the mean over targets when there are several, and
+the means over targets of FPR95, AUPR_IN and AUPR_OUT) per method x detector; then, per
+method, the H-score at the validation-calibrated threshold (beside the closed-set accuracy
+on known-class inputs) and OSCR of every detector, both of which depend on the method's
+predictions.
+
+Figures, a fixed choice (never picked by test results): at the largest shot count and the
+smallest seed, the ID-vs-OOD score histograms (with the calibrated threshold) and ROC curves
+of the image-feature detectors once per source, and of the other detectors per method. With
+several targets the ID scores are pooled over the distinct known-image sets (far-OOD targets
+share one) and each OOD target has its own colour.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +36,8 @@ from clipadapt.bench.aggregate import ordered
 from clipadapt.bench.plots import detector_panels
 from clipadapt.bench.tables import Table, fmt, mean_std
 from clipadapt.methods import METHODS
-from clipadapt.ood import DETECTORS
-from clipadapt.pipeline.results import OPEN_SET_TASK, load_scores
+from clipadapt.ood import DETECTORS, ScoreInput
+from clipadapt.pipeline.results import OPEN_SET_TASK, OpenSetResult, RunResult, load_scores
 
 PROTOCOL_ORDER = ("near_ood", "open_set_dg", "far_ood")
 PROTOCOL_TITLES = {
@@ -38,6 +46,8 @@ PROTOCOL_TITLES = {
     "far_ood": "far OOD (another dataset)",
 }
 METRICS = ("AUROC", "FPR95", "AUPR_IN", "AUPR_OUT", "H_score", "OSCR")
+DETECTION = ("FPR95", "AUPR_IN", "AUPR_OUT")  # beside AUROC per target
+IMAGE_FEATURES = "(image features)"  # the method column of method-independent rows
 CSV_COLUMNS = (
     "protocol",
     "dataset",
@@ -52,6 +62,17 @@ CSV_COLUMNS = (
 )
 
 
+def reads_image_features_only(detector: str) -> bool:
+    """Whether ``detector`` scores without the method's logits (alike under every method)."""
+    cls = DETECTORS.get(detector)
+    return cls is not None and ScoreInput.LOGITS not in cls.uses
+
+
+def adapted_image_side(result: RunResult) -> bool:
+    """Whether the method's image features differ from the backend's."""
+    return result.feature_fingerprint != result.image_fingerprint
+
+
 @dataclass
 class OodCell:
     """Metric values over seeds for one (protocol, dataset, source, target, method, det, K)."""
@@ -64,7 +85,7 @@ class OodCell:
 class OodSection:
     protocol: str
     dataset: str
-    results: list[tuple[Path, dict[str, Any]]]
+    results: list[tuple[Path, OpenSetResult]]
 
     @property
     def title(self) -> str:
@@ -86,6 +107,10 @@ class OodSection:
     def shots(self) -> list[int]:
         return sorted({r.shots for _, r in self.results})
 
+    def own_image_side(self) -> set[str]:
+        """Methods whose runs adapted the image side."""
+        return {r.method for _, r in self.results if adapted_image_side(r)}
+
     def targets(self, group: str) -> list[str]:
         found = [t for _, r in self.results if r.group == group for t in r.metrics["targets"]]
         return list(dict.fromkeys(found))
@@ -100,18 +125,43 @@ class OodSection:
         }
         return ordered(found, DETECTORS)
 
+    def rows(self) -> list[tuple[str, str]]:
+        """(method, detector) rows of the detection table: image-feature detectors once, as
+        ``IMAGE_FEATURES``, except under methods that adapted the image side."""
+        own, detectors = self.own_image_side(), self.detectors()
+        rows = [
+            (m, d)
+            for m in self.methods
+            for d in detectors
+            if m in own or not reads_image_features_only(d)
+        ]
+        if set(self.methods) - own:
+            rows += [(IMAGE_FEATURES, d) for d in detectors if reads_image_features_only(d)]
+        return rows
+
+    def _contributions(self) -> Iterator[tuple[str, OpenSetResult, bool]]:
+        """(method label, result, image-feature detectors only): every run under its method,
+        and one run per (source, shots, seed) of a method on the backend's features under
+        ``IMAGE_FEATURES``."""
+        seen = set()
+        for _, r in self.results:
+            yield r.method, r, False
+            sample = (r.group, r.shots, r.seed)
+            if not adapted_image_side(r) and sample not in seen:
+                seen.add(sample)
+                yield IMAGE_FEATURES, r, True
+
     def cells(self) -> dict[tuple, OodCell]:
         """Keyed by (group, target, method, detector, shots); target "mean" averages targets
         within each run first."""
         cells: dict[tuple, OodCell] = defaultdict(OodCell)
-        for _, r in self.results:
-            targets = r.metrics["targets"]
+        for label, r, image_only in self._contributions():
             per_det: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-            for target, t in targets.items():
+            for target, t in r.metrics["targets"].items():
                 for det, m in t["scores"].items():
-                    if "AUROC" not in m:
+                    if "AUROC" not in m or (image_only and not reads_image_features_only(det)):
                         continue
-                    cell = cells[(r.group, target, r.method, det, r.shots)]
+                    cell = cells[(r.group, target, label, det, r.shots)]
                     cell.seeds.append(r.seed)
                     cell.values["closed_set_acc"].append(t["closed_set_acc"])
                     for k in METRICS:
@@ -119,18 +169,18 @@ class OodSection:
                         per_det[det][k].append(m[k])
                     per_det[det]["closed_set_acc"].append(t["closed_set_acc"])
             for det, values in per_det.items():
-                cell = cells[(r.group, "mean", r.method, det, r.shots)]
+                cell = cells[(r.group, "mean", label, det, r.shots)]
                 cell.seeds.append(r.seed)
                 for k, v in values.items():
                     cell.values[k].append(statistics.fmean(v))
         return dict(cells)
 
 
-def ood_results(paths: list[Path], results: list[dict[str, Any]]) -> list[tuple[Path, dict]]:
+def ood_results(paths: list[Path], results: list[RunResult]) -> list[tuple[Path, OpenSetResult]]:
     return [(p, r) for p, r in zip(paths, results, strict=True) if r.task == OPEN_SET_TASK]
 
 
-def make_ood_sections(found: list[tuple[Path, dict[str, Any]]]) -> list[OodSection]:
+def make_ood_sections(found: list[tuple[Path, OpenSetResult]]) -> list[OodSection]:
     grouped: dict[tuple[str, str], list] = defaultdict(list)
     for path, r in found:
         grouped[(r.protocol, r.dataset)].append((path, r))
@@ -140,41 +190,60 @@ def make_ood_sections(found: list[tuple[Path, dict[str, Any]]]) -> list[OodSecti
 
 
 def ood_tables(section: OodSection) -> list[Table]:
-    cells, detectors, tables = section.cells(), section.detectors(), []
+    cells, tables = section.cells(), []
     for shots in section.shots:
         for g in section.groups:
-            targets = section.targets(g)
-            columns = targets + (["mean"] if len(targets) > 1 else [])
-            rows = [
-                [m, d] + [fmt(_values(cells, (g, t, m, d, shots), "AUROC")) for t in columns]
-                for m in section.methods
-                for d in detectors
+            tables += [
+                _detection_table(section, cells, g, shots),
+                _per_method_table(section, cells, g, shots, "H_score"),
+                _per_method_table(section, cells, g, shots, "OSCR"),
             ]
-            tables.append(
-                Table(
-                    f"Source {g}, K={shots}: AUROC (%) per target",
-                    ["method", "detector", *columns],
-                    rows,
-                )
-            )
-            rows = []
-            for m in section.methods:
-                for d in detectors:
-                    key = (g, "mean", m, d, shots)
-                    rows.append(
-                        [m, d, fmt(_values(cells, key, "closed_set_acc"))]
-                        + [fmt(_values(cells, key, k)) for k in METRICS]
-                    )
-            what = "mean over targets" if len(targets) > 1 else targets[0]
-            tables.append(
-                Table(
-                    f"Source {g}, K={shots}: {what}; H-score at the validation-calibrated "
-                    "threshold (%)",
-                    ["method", "detector", "closed-set acc", *METRICS],
-                    rows,
-                )
-            )
     return tables
+
+
+def _over_targets(section: OodSection, group: str) -> str:
+    targets = section.targets(group)
+    return "means over targets" if len(targets) > 1 else targets[0]
+
+
+def _detection_table(section: OodSection, cells: dict, g: str, shots: int) -> Table:
+    """AUROC per target (and their mean), FPR95 and AUPR: image-feature detectors once."""
+    targets = section.targets(g)
+    columns = [f"AUROC {t}" for t in targets] + ["AUROC mean"] if len(targets) > 1 else ["AUROC"]
+    rows = []
+    for m, d in section.rows():
+        auroc = [_values(cells, (g, t, m, d, shots), "AUROC") for t in targets]
+        if len(targets) > 1:
+            auroc.append(_values(cells, (g, "mean", m, d, shots), "AUROC"))
+        rest = [_values(cells, (g, "mean", m, d, shots), k) for k in DETECTION]
+        rows.append([m, d, *map(fmt, auroc), *map(fmt, rest)])
+    return Table(
+        f"Source {g}, K={shots}: detection (%), {_over_targets(section, g)}; method "
+        f"{IMAGE_FEATURES}: the detectors that read only image features, alike under every "
+        "method",
+        ["method", "detector", *columns, *DETECTION],
+        rows,
+    )
+
+
+def _per_method_table(section: OodSection, cells: dict, g: str, shots: int, metric: str) -> Table:
+    """``metric`` of every detector per method (it depends on the method's predictions); the
+    H-score table also gives the closed-set accuracy."""
+    detectors, h_score = section.detectors(), metric == "H_score"
+    rows = []
+    for m in section.methods:
+        found = {d: cells.get((g, "mean", m, d, shots)) for d in detectors}
+        row = [m, *(fmt(c.values[metric]) if c else "" for c in found.values())]
+        if h_score:
+            accuracy = next((c.values["closed_set_acc"] for c in found.values() if c), None)
+            row.insert(1, fmt(accuracy))
+        rows.append(row)
+    what = "H-score (%) at the validation-calibrated threshold" if h_score else f"{metric} (%)"
+    return Table(
+        f"Source {g}, K={shots}: {what}, {_over_targets(section, g)}",
+        ["method", *(["closed-set acc"] if h_score else []), *detectors],
+        rows,
+    )
 
 
 def _values(cells: dict[tuple, OodCell], key: tuple, metric: str) -> list[float] | None:
@@ -183,9 +252,12 @@ def _values(cells: dict[tuple, OodCell], key: tuple, metric: str) -> list[float]
 
 
 def ood_csv_rows(sections: list[OodSection]) -> list[dict[str, Any]]:
+    """One row per (source, target, method, detector, shots), every method's own rows."""
     rows = []
     for s in sections:
         for (group, target, method, det, shots), cell in sorted(s.cells().items()):
+            if method == IMAGE_FEATURES:
+                continue
             row = {
                 "protocol": s.protocol,
                 "dataset": s.dataset,
@@ -204,40 +276,66 @@ def ood_csv_rows(sections: list[OodSection]) -> list[dict[str, Any]]:
     return rows
 
 
+def pooled_scores(
+    result: OpenSetResult, saved: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], det: str
+) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """``detector``'s ID scores over the run's distinct known-image sets (far-OOD targets test
+    one known set against several OOD sets) and its OOD scores per target."""
+    known_sets = {
+        t["name"]: (t["domain"], t["part"], tuple(t["classes"] or ())) for t in result.targets
+    }
+    ids: dict[tuple, np.ndarray] = {}
+    oods: dict[str, np.ndarray] = {}
+    for target, by_detector in saved.items():
+        if det in by_detector:
+            ids.setdefault(known_sets.get(target, (target,)), by_detector[det][0])
+            oods[target] = by_detector[det][1]
+    return (np.concatenate(list(ids.values())), oods) if oods else None
+
+
 def ood_figures(section: OodSection) -> list[tuple[str, Any]]:
-    """Per source and method: histograms of every detector + ROC panel (largest K, first seed)."""
+    """Histograms and ROC curves at the largest K and first seed: the image-feature
+    detectors once per source, the others per method."""
     figures = []
-    top = section.shots[-1]
+    top, own = section.shots[-1], section.own_image_side()
+    detectors = section.detectors()
     for g in section.groups:
+        panels: list[tuple[str, str, list[str]]] = []  # (file suffix, method, detectors)
+        shared = next((m for m in section.methods if m not in own), None)
+        if shared is not None:
+            panels.append(
+                ("image_features", shared, list(filter(reads_image_features_only, detectors)))
+            )
         for m in section.methods:
-            runs = [
-                (p, r) for p, r in section.results if (r.group, r.method, r.shots) == (g, m, top)
-            ]
-            if not runs:
-                continue
-            path, result = min(runs, key=lambda pr: pr[1].seed)
-            saved = load_scores(path)
-            if not saved:
-                continue
-            pooled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            for det in section.detectors():
-                pairs = [saved[t][det] for t in saved if det in saved[t]]
-                if pairs:
-                    pooled[det] = (
-                        np.concatenate([p[0] for p in pairs]),
-                        np.concatenate([p[1] for p in pairs]),
-                    )
-            first = next(iter(result.metrics["targets"].values()))["scores"]
-            thresholds = {d: first[d]["threshold"] for d in pooled if "threshold" in first[d]}
-            targets = ", ".join(result.metrics["targets"])
-            title = (
-                f"{section.protocol}: {m} on {g} -> {targets} "
-                f"(K={top}, seed {result.seed}; dashed: calibrated threshold)"
-            )
-            figures.append(
-                (
-                    f"{section.stem}_{g}_{m}.png",
-                    detector_panels(pooled, thresholds=thresholds, title=title),
-                )
-            )
+            chosen = [d for d in detectors if m in own or not reads_image_features_only(d)]
+            panels.append((m, m, chosen))
+        for suffix, m, chosen in panels:
+            figure = _figure(section, g, m, top, chosen, suffix == "image_features")
+            if figure is not None:
+                figures.append((f"{section.stem}_{g}_{suffix}.png", figure))
     return figures
+
+
+def _figure(
+    section: OodSection, group: str, method: str, shots: int, detectors: list[str], shared: bool
+) -> Any:
+    runs = [
+        p_r
+        for p_r in section.results
+        if (p_r[1].group, p_r[1].method, p_r[1].shots) == (group, method, shots)
+    ]
+    if not runs or not detectors:
+        return None
+    path, result = min(runs, key=lambda pr: pr[1].seed)
+    saved = load_scores(path)
+    scores = {d: s for d in detectors if (s := pooled_scores(result, saved, d)) is not None}
+    if not scores:
+        return None
+    first = next(iter(result.metrics["targets"].values()))["scores"]
+    thresholds = {d: first[d]["threshold"] for d in scores if "threshold" in first[d]}
+    who = "image-feature detectors (alike under every method)" if shared else method
+    title = (
+        f"{section.protocol}: {who} on {group} -> {', '.join(result.metrics['targets'])} "
+        f"(K={shots}, seed {result.seed}; dashed: calibrated threshold)"
+    )
+    return detector_panels(scores, thresholds=thresholds, title=title)

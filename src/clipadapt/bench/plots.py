@@ -8,6 +8,7 @@ rendered to PNG by the Agg canvas.
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Mapping
 
 import matplotlib
@@ -214,18 +215,36 @@ def _with(key: Key, method: str, shots: int) -> Key:
 
 
 # -- OOD scores -------------------------------------------------------------------------
-ID_COLOUR, OOD_COLOUR = "#1f77b4", "#d62728"
+ID_COLOUR = "#1f77b4"
+OOD_COLOURS = ("#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+OodScores = ArrayLike | Mapping[str, ArrayLike]
+"""OOD scores: one set, or ``{target: scores}`` for several OOD sets (each its own colour)."""
+
+
+def ood_sets(ood_scores: OodScores) -> dict[str, np.ndarray]:
+    """``{target: scores}``; a single unnamed set is keyed ``""``."""
+    if isinstance(ood_scores, Mapping):
+        if not ood_scores:
+            raise ValueError("ood_scores: expected at least one OOD set, got none")
+        return {t: as_scores(v, f"ood_scores[{t!r}]") for t, v in ood_scores.items()}
+    return {"": as_scores(ood_scores, "ood_scores")}
+
+
+def _pooled(ood_scores: OodScores) -> np.ndarray:
+    return np.concatenate(list(ood_sets(ood_scores).values()))
 
 
 def score_histogram(
     id_scores: ArrayLike,
-    ood_scores: ArrayLike,
+    ood_scores: OodScores,
     *,
     title: str = "",
     threshold: float | None = None,
     bins: int = 40,
 ) -> Figure:
-    """Overlaid density histograms of ID and OOD scores, with the threshold if given."""
+    """Overlaid density histograms of ID and OOD scores (one colour per OOD set), with the
+    threshold if given; the title's AUROC pools the OOD sets."""
     fig = Figure(figsize=(5, 3.2), layout="constrained")
     draw_histogram(fig.add_subplot(), id_scores, ood_scores, title, threshold, bins)
     return fig
@@ -234,7 +253,7 @@ def score_histogram(
 def draw_histogram(
     ax: Axes,
     id_scores: ArrayLike,
-    ood_scores: ArrayLike,
+    ood_scores: OodScores,
     title: str = "",
     threshold: float | None = None,
     bins: int = 40,
@@ -243,30 +262,34 @@ def draw_histogram(
     xlabel: str = "OOD score (higher = more likely OOD)",
 ) -> None:
     """``score_histogram`` drawn on the given axes."""
-    ids, oods = as_scores(id_scores, "id_scores"), as_scores(ood_scores, "ood_scores")
-    edges = np.histogram_bin_edges(np.r_[ids, oods], bins=bins)
+    ids, oods = as_scores(id_scores, "id_scores"), ood_sets(ood_scores)
+    pooled = np.concatenate(list(oods.values()))
+    edges = np.histogram_bin_edges(np.r_[ids, pooled], bins=bins)
     ax.hist(ids, edges, density=True, alpha=0.55, color=ID_COLOUR, label=f"ID (n={len(ids)})")
-    ax.hist(oods, edges, density=True, alpha=0.55, color=OOD_COLOUR, label=f"OOD (n={len(oods)})")
+    alpha = 0.55 if len(oods) == 1 else 0.45
+    for (target, scores), colour in zip(oods.items(), itertools.cycle(OOD_COLOURS)):
+        label = f"OOD {target} (n={len(scores)})" if target else f"OOD (n={len(scores)})"
+        ax.hist(scores, edges, density=True, alpha=alpha, color=colour, label=label)
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
-    ax.set_title(f"{title}  AUROC {auroc(ids, oods):.3f}".strip(), fontsize=10)
+    ax.set_title(f"{title}  AUROC {auroc(ids, pooled):.3f}".strip(), fontsize=10)
     if legend:
         ax.legend(fontsize=8)
 
 
-def roc_curves(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], *, title: str = "") -> Figure:
-    """ROC curves (OOD = positive) for ``{label: (id_scores, ood_scores)}``."""
+def roc_curves(curves: Mapping[str, tuple[ArrayLike, OodScores]], *, title: str = "") -> Figure:
+    """ROC curves (OOD = positive) for ``{label: (id_scores, ood_scores)}``, OOD sets pooled."""
     fig = Figure(figsize=(4.2, 4.2), layout="constrained")
     draw_roc(fig.add_subplot(), curves, title)
     return fig
 
 
-def draw_roc(ax: Axes, curves: Mapping[str, tuple[ArrayLike, ArrayLike]], title: str = "") -> None:
+def draw_roc(ax: Axes, curves: Mapping[str, tuple[ArrayLike, OodScores]], title: str = "") -> None:
     """``roc_curves`` drawn on the given axes."""
     for label, (id_scores, ood_scores) in curves.items():
-        ids, oods = as_scores(id_scores, "id_scores"), as_scores(ood_scores, "ood_scores")
+        ids, oods = as_scores(id_scores, "id_scores"), _pooled(ood_scores)
         fpr, tpr, _ = roc_curve(np.r_[np.zeros(len(ids)), np.ones(len(oods))], np.r_[ids, oods])
         ax.plot(fpr, tpr, linewidth=1.3, label=f"{label} ({auroc(ids, oods):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
@@ -279,7 +302,7 @@ def draw_roc(ax: Axes, curves: Mapping[str, tuple[ArrayLike, ArrayLike]], title:
 
 
 def detector_panels(
-    scores: Mapping[str, tuple[ArrayLike, ArrayLike]],
+    scores: Mapping[str, tuple[ArrayLike, OodScores]],
     *,
     thresholds: Mapping[str, float] | None = None,
     title: str = "",
