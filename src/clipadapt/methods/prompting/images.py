@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from clipadapt.data.images import decode_image
-from clipadapt.features import content_hash
+from clipadapt.data.images import load_image
 from clipadapt.methods.base import FitData
 from clipadapt.methods.common import support_sets
 from clipadapt.models.base import Backend
@@ -26,8 +25,10 @@ class SupportPixels:
 
     def __init__(self, backend: Backend, paths: list[str], n_views: int) -> None:
         self.backend = backend
-        self.images = [decode_image(path) for path in paths]
-        self.hashes = [content_hash(path) for path in paths]
+        # one read per file: a view's augmentation is seeded by the hash of these very pixels
+        loaded = [load_image(path) for path in paths]
+        self.images = [image for image, _ in loaded]
+        self.hashes = [digest for _, digest in loaded]
         names = [CENTER] + [augmented_view_name(i) for i in range(n_views)]
         self.transforms = [view_transform(backend.preprocess, name) for name in names]
 
