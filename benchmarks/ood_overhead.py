@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,14 +25,16 @@ from pathlib import Path
 import torch
 
 from clipadapt.atomic import atomic_write_json
+from clipadapt.bench.protocols import NEAR_OOD, as_domains, settings
 from clipadapt.data import decode_image, load_dataset
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.features import extract_features
 from clipadapt.methods import create_method
 from clipadapt.models import create_backend
-from clipadapt.ood import DETECTORS, Detector, ScoreInput, cached_text_encoder, create_detector
-from clipadapt.ood.protocols import class_holdout_task, extract_task_features, task_fit_data
-from clipadapt.prompts import class_embeddings, make_prompt_set
+from clipadapt.ood import DETECTORS, Detector, ScoreInput
+from clipadapt.pipeline.experiment import Experiment
+from clipadapt.pipeline.task import Splits
+from clipadapt.prompts import make_prompt_set
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,30 +67,29 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     backend, cache = create_backend("lite"), FeatureCache()
-    domains = load_dataset(DATA / "pacs100")
-    task = class_holdout_task(domains, sources=["photo"], shots=16, seed=1, targets=["photo"])
-    feats = extract_task_features(task, backend, cache=cache, progress=False)
-    data = task_fit_data(
-        task,
-        feats,
-        class_embeddings(backend, task.classnames, make_prompt_set("default")),
-        backend.logit_scale,
-    )
+    _, domains = as_domains(load_dataset(DATA / "pacs100"))
+    setting = settings(NEAR_OOD, "pacs100", domains, ("photo",))[0]
     paths = [s.path for d in domains.values() for s in d.samples]
     features = extract_features(backend, paths, cache=cache, progress=False).features
-    encode = cached_text_encoder(backend, cache)
-    detectors = {
-        n: create_detector(n).fit(data, encode_texts=encode)
-        for n, cls in DETECTORS.items()
-        if ScoreInput.LOCAL_FEATURES not in cls.uses
-    }
+    with tempfile.TemporaryDirectory() as splits_dir:
+        splits = Splits(
+            domains, Path(splits_dir), split_seed=1, test_fraction=0.3, on_too_few="error"
+        )
+        run = Experiment(
+            backend, domains, splits, make_prompt_set("default"), cache=cache, progress=False
+        )
+        data = run.gather(setting, 16, 1, views=0, unlabeled=False)
+        names = tuple(
+            n for n, cls in DETECTORS.items() if ScoreInput.LOCAL_FEATURES not in cls.uses
+        )
+        detectors = run.fit_detectors(setting, data, names, seed=1)
+        fitted = {m: run.fit(create_method(m), setting, data, seed=1).method for m in METHODS}
     sample = torch.stack([backend.preprocess(decode_image(p)) for p in paths[:64]])
     embed = interleaved({"embed": lambda: backend.encode_images(sample)}, 5)["embed"]
     embed_per_image = statistics.median(embed) / len(sample)
 
     results = {}
-    for method_name in METHODS:
-        method = create_method(method_name).fit(data)
+    for method_name, method in fitted.items():
         variants = {"predict_logits": lambda m=method: m.predict_logits(features)}
         for name, det in detectors.items():
             variants[name] = lambda m=method, d=det: d.score(features, m.predict_logits(features))
