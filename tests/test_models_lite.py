@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from clipadapt.models.base import hash_tensors
-from clipadapt.models.efficientnet_lite import EfficientNetLite0, SameConv2d
+from clipadapt.models.efficientnet_lite import EfficientNetLite0, SameConv2d, pad_zeros
 from clipadapt.models.lite import (
     LiteBackend,
     efficientnet_weights_path,
@@ -80,6 +80,15 @@ def test_same_conv_pads_like_tensorflow(kernel, stride, size):
         == (2, 4, math.ceil(size / stride), math.ceil((size + 1) / stride))
     )
     assert torch.allclose(out, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("pads", [(0, 1, 0, 1), (1, 2, 1, 2), (2, 0, 1, 3)])
+def test_pad_zeros_equals_f_pad_and_keeps_the_layout(layout, pads):
+    x = torch.randn(2, 5, 6, 7).contiguous(memory_format=layout) + 1  # no zeros inside
+    out = pad_zeros(x, *pads)
+    assert torch.equal(out, F.pad(x, pads))
+    assert out.is_contiguous(memory_format=layout)
 
 
 @pytest.mark.parametrize("size", [224, 97])

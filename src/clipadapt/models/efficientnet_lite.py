@@ -33,12 +33,31 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def pad_zeros(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
+    """``F.pad(x, (left, right, top, bottom))`` of a 4-d tensor, in its memory format, writing
+    zeros to the border only (``F.pad`` fills the whole output first, then copies ``x``)."""
+    n, c, h, w = x.shape
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    out = torch.empty(
+        (n, c, top + h + bottom, left + w + right),
+        dtype=x.dtype,
+        device=x.device,
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+    )
+    out[:, :, :top].zero_()
+    out[:, :, top + h :].zero_()
+    out[:, :, top : top + h, :left].zero_()
+    out[:, :, top : top + h, left + w :].zero_()
+    out[:, :, top : top + h, left : left + w].copy_(x)
+    return out
+
+
 class SameConv2d(nn.Conv2d):
     """Conv2d that pads like TensorFlow's ``padding="SAME"`` for any input size.
 
     With stride 1 and an odd kernel, SAME padding is ``(k - 1) / 2`` on every side whatever
     the input size, so the convolution pads by itself; otherwise (stride 2, where SAME can be
-    asymmetric) the input is padded explicitly, which copies it.
+    asymmetric) the input is copied into a zero-bordered buffer.
     """
 
     def __init__(
@@ -55,7 +74,7 @@ class SameConv2d(nn.Conv2d):
                 for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride, strict=True)
             )
             if top or bottom or left or right:
-                x = F.pad(x, (left, right, top, bottom))
+                x = pad_zeros(x, left, right, top, bottom)
         return self._conv_forward(x, self.weight, self.bias)
 
 
