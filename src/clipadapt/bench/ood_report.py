@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from clipadapt.bench.aggregate import ordered
 from clipadapt.bench.plots import detector_panels
@@ -293,7 +294,7 @@ def pooled_scores(
     return (np.concatenate(list(ids.values())), oods) if oods else None
 
 
-def ood_figures(section: OodSection) -> list[tuple[str, Any]]:
+def ood_figures(section: OodSection) -> list[tuple[str, Figure]]:
     """Histograms and ROC curves at the largest K and first seed: the image-feature
     detectors once per source, the others per method."""
     figures = []
@@ -318,12 +319,9 @@ def ood_figures(section: OodSection) -> list[tuple[str, Any]]:
 
 def _figure(
     section: OodSection, group: str, method: str, shots: int, detectors: list[str], shared: bool
-) -> Any:
-    runs = [
-        p_r
-        for p_r in section.results
-        if (p_r[1].group, p_r[1].method, p_r[1].shots) == (group, method, shots)
-    ]
+) -> Figure | None:
+    wanted = (group, method, shots)
+    runs = [(p, r) for p, r in section.results if (r.group, r.method, r.shots) == wanted]
     if not runs or not detectors:
         return None
     path, result = min(runs, key=lambda pr: pr[1].seed)

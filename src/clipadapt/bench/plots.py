@@ -268,7 +268,7 @@ def draw_histogram(
     ax.hist(ids, edges, density=True, alpha=0.55, color=ID_COLOUR, label=f"ID (n={len(ids)})")
     alpha = 0.55 if len(oods) == 1 else 0.45
     for (target, scores), colour in zip(oods.items(), itertools.cycle(OOD_COLOURS)):
-        label = f"OOD {target} (n={len(scores)})" if target else f"OOD (n={len(scores)})"
+        label = f"OOD {target} (n={len(scores)})" if len(oods) > 1 else f"OOD (n={len(scores)})"
         ax.hist(scores, edges, density=True, alpha=alpha, color=colour, label=label)
     if threshold is not None:
         ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
