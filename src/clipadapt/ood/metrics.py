@@ -125,8 +125,8 @@ def metric_conventions() -> dict[str, Any]:
         "H_score": "harmonic mean of acc_known (accepted and right class) and acc_unknown "
         "(rejected) at the calibrated threshold",
         "OSCR": "area under correct-and-accepted known rate against accepted unknown rate",
-        "threshold": "the ceil(accept * n)-th smallest of the n validation scores (known "
-        "classes only)",
+        "threshold": "the ceil(accept * n)-th smallest of n known-class calibration scores: "
+        "the few-shot validation set, plus held-out support scores where given; never test",
     }
 
 
