@@ -82,7 +82,7 @@ def main() -> None:
         names = tuple(
             n for n, cls in DETECTORS.items() if ScoreInput.LOCAL_FEATURES not in cls.uses
         )
-        detectors = run.fit_detectors(setting, data, names, seed=1)
+        detectors, _ = run.fit_detectors(setting, data, names, seed=1)
         fitted = {m: run.fit(create_method(m), setting, data, seed=1).method for m in METHODS}
     sample = torch.stack([backend.preprocess(decode_image(p)) for p in paths[:64]])
     embed = interleaved({"embed": lambda: backend.encode_images(sample)}, 5)["embed"]

@@ -104,7 +104,9 @@ def main() -> None:
                     mix_high=high,
                     ratio=s["ratio"],
                 ).fit(support)
-                found = run.evaluate_open_set(fitted, setting, {"p": detector}, SHOTS, seed, 0.95)
+                found = run.evaluate_open_set(
+                    fitted, setting, {"p": detector}, {}, SHOTS, seed, 0.95
+                )
                 targets = found.metrics["targets"].values()
                 aurocs[i] += [t["scores"]["p"]["AUROC"] for t in targets]
     rows = [

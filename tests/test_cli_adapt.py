@@ -103,7 +103,11 @@ def test_adapt_calibrates_unknown_and_predict_rejects_unseen_classes(
     assert "unknown threshold: knn score >" in printed and "accepted as known" in printed
     config = json.loads((model / "config.json").read_text())
     assert config["open_set"]["detector"] == "knn"
-    assert config["open_set"]["calibrated_on"] == "few-shot validation set"
+    # 4 validation images per class, pooled with knn's cross-fitted scores of the 8 support
+    assert (
+        config["open_set"]["calibrated_on"]
+        == "few-shot validation set + 24 held-out support scores"
+    )
     assert (model / "ood" / "config.json").is_file()
     out = tmp_path / "p.csv"
     images = [str(unseen / "gold"), str(folder / "red"), str(folder / "blue")]

@@ -144,10 +144,11 @@ def test_gl_mcm_runs_end_to_end_on_a_tiny_vit(domains, tmp_path, tiny_open_clip_
     run = experiment(domains, tmp_path, backend)
     data = run.gather(near, 2, 1, views=0, unlabeled=False)
     fitted = run.fit(create_method("zeroshot"), near, data, seed=1)
-    detectors = run.fit_detectors(near, data, ("gl_mcm",), seed=1)
+    detectors, held = run.fit_detectors(near, data, ("gl_mcm",), seed=1)
+    assert held == {"gl_mcm": None}  # it reads patch features: no held-out support scores
     val = run.val_features(fitted, near, 2, 1, local=True)
     assert val.local_features.shape == (4, 16, 16)
-    metrics = run.evaluate_open_set(fitted, near, detectors, 2, 1, accept=0.95).metrics
+    metrics = run.evaluate_open_set(fitted, near, detectors, held, 2, 1, accept=0.95).metrics
     assert 0.0 <= metrics["targets"]["photo"]["scores"]["gl_mcm"]["AUROC"] <= 1.0
 
 

@@ -153,6 +153,10 @@ def test_ood_protocols_honour_views_and_builtin_ood_data(domains, tmp_path) -> N
     summary = run_bench(cfg, backend=ColorBackend(), progress=False)
     views = {read_result(p).method: read_result(p).views for p in summary.ran}
     assert views == {"zeroshot": 0, "tip_adapter": 2}  # only methods that read views get them
+    result = read_result(summary.ran[0])
+    counts = result.metrics["calibrated_on_n"]  # knn pools cross-fitted support scores
+    assert counts["msp"] == result.n_val and counts["knn"] == result.n_val + result.n_support
+    assert result.metrics["conventions"]["FPR95"]
     assert all((cfg.out / "splits").rglob("*.json"))  # split files, as for classification
 
 
@@ -206,9 +210,11 @@ def test_adapt_says_which_unknown_score_and_its_expected_error(tmp_path, monkeyp
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "knn score >" in out and "the default" in out
-    assert "validation images, so about 7.7% of known-class images will be called unknown" in out
+    # 12 validation images + 12 cross-fitted support scores: r = 23 of 24, (24 - 23 + 1) / 25
+    assert "of 24 known-image scores (few-shot validation set + 12 held-out" in out
+    assert "so about 8.0% of known-class images will be called unknown" in out
     saved = json.loads((tmp_path / "m" / "config.json").read_text())["adapted"]["open_set"]
-    assert saved["false_unknown_rate"]["n_val"] == 12
+    assert saved["false_unknown_rate"]["n_val"] == 24
 
 
 def test_csv_columns_and_separator_come_from_flags(tmp_path, monkeypatch, capsys) -> None:

@@ -158,9 +158,11 @@ def adapt(
         setting, shots, seed, views=given_views, unlabeled=reads_unlabeled(fitted_method)
     )
     fitted = experiment.fit(fitted_method, setting, data, seed=seed)
-    open_set = None
+    open_set, n_calibration = None, 0
     if ood_score is not None:
-        open_set = _calibrate_open_set(experiment, fitted, setting, ood_score, shots, seed, accept)
+        open_set, n_calibration = _calibrate_open_set(
+            experiment, fitted, setting, ood_score, shots, seed, accept
+        )
     evaluation: dict[str, Any] | None = None
     if tests:
         zeroshot = experiment.fit(create_method("zeroshot"), setting, data, seed=seed)
@@ -215,7 +217,8 @@ def adapt(
         else {
             "detector": ood_score,
             "why": DEFAULT_OOD_REASON if ood_score == DEFAULT_OOD_SCORE else "chosen by the user",
-            "false_unknown_rate": false_unknown_rate(len(data.val_labels), accept),
+            "calibrated_on": open_set.calibrated_on,
+            "false_unknown_rate": false_unknown_rate(n_calibration, accept),
         },
         "skipped": dataset.skipped + experiment.bank.skipped,
         "evaluation": evaluation,
@@ -238,20 +241,26 @@ def _calibrate_open_set(
     shots: int,
     seed: int,
     accept: float,
-) -> OpenSetClassifier:
-    """Fit detector ``name`` on the support data; threshold on the validation set only."""
-    detector = experiment.fit_detectors(setting, fitted.data, (name,), seed)[name]
+) -> tuple[OpenSetClassifier, int]:
+    """Fit detector ``name`` on the support data; set its threshold on the validation set,
+    pooled with the detector's cross-fitted scores of the support images where it has them
+    (never a test image). Returns the classifier and how many scores set the threshold."""
+    detectors, held = experiment.fit_detectors(setting, fitted.data, (name,), seed)
+    detector = detectors[name]
     local = ScoreInput.LOCAL_FEATURES in detector.uses
     val = experiment.val_features(fitted, setting, shots, seed, local=local)
+    pooled = held[name]
     with torch_threads(), torch.inference_mode():
-        return OpenSetClassifier.calibrate(
+        classifier = OpenSetClassifier.calibrate(
             fitted.method,
             detector,
             val.features,
             accept=accept,
             val_method_features=val.method_features,
             val_local_features=val.local_features,
+            held_out=pooled,
         )
+    return classifier, len(val.labels) + (0 if pooled is None else len(pooled))
 
 
 def load_adapted(directory: str | os.PathLike[str]) -> Adapted:

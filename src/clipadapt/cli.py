@@ -534,10 +534,10 @@ def format_adapted(adapted) -> str:
         rate = about["false_unknown_rate"]
         head += (
             f"\nunknown threshold: {o.detector.name} score > {o.threshold:.4g} "
-            f"({about['why']}); set to accept {o.accept:.0%} of the {rate['n_val']} few-shot "
-            f"validation images, so about {rate['expected']:.1%} of known-class images will be "
-            f"called unknown ({rate['level']:.0%} interval {rate['low']:.1%}-{rate['high']:.1%} "
-            "at this validation size)"
+            f"({about['why']}); set to accept {o.accept:.0%} of {rate['n_val']} known-image "
+            f"scores ({about['calibrated_on']}), so about {rate['expected']:.1%} of known-class "
+            f"images will be called unknown ({rate['level']:.0%} interval "
+            f"{rate['low']:.1%}-{rate['high']:.1%} at this calibration size)"
         )
     if evaluation is None:
         return head + "; no test split held out (--test-fraction 0), so no accuracy to report"

@@ -313,9 +313,9 @@ class _Runner:
                 views=max(run_config["views"] for _, run_config in group),
                 unlabeled=any(reads_unlabeled(self.methods[run.method]) for run, _ in group),
             )
-            detectors = None
+            detectors = held = None
             if setting.open_set:
-                detectors = self.experiment.fit_detectors(setting, data, self.detectors, seed)
+                detectors, held = self.experiment.fit_detectors(setting, data, self.detectors, seed)
             with_test = None
             for run, run_config in group:
                 bar.set_postfix_str(f"{setting.group} {run.method} K={shots} s={seed}")
@@ -336,7 +336,7 @@ class _Runner:
                 if detectors is None:
                     result = self._classification(run, run_config, fitted)
                 else:
-                    result = self._open_set(run, run_config, fitted, detectors, path)
+                    result = self._open_set(run, run_config, fitted, detectors, held, path)
                 summary.ran.append(write_result(result, path))
                 shutil.rmtree(checkpoints, ignore_errors=True)  # made by this run, to resume it
                 bar.update()
@@ -365,12 +365,13 @@ class _Runner:
         run_config: dict[str, Any],
         fitted: Fitted,
         detectors: dict[str, Any],
+        held: dict[str, Any],
         path: Path,
     ) -> OpenSetResult:
         experiment, setting = self.experiment, run.setting
         start = time.perf_counter()
         evaluation = experiment.evaluate_open_set(
-            fitted, setting, detectors, run.shots, run.seed, self.config.accept
+            fitted, setting, detectors, held, run.shots, run.seed, self.config.accept
         )
         predict_seconds = time.perf_counter() - start
         save_scores(scores_path(path), evaluation.scores)

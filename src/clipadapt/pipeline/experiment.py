@@ -204,9 +204,11 @@ class Experiment:
     # -- open-set evaluation --------------------------------------------------------------
     def fit_detectors(
         self, setting: Setting, data: FewShotData, names: tuple[str, ...], seed: int
-    ) -> dict[str, Detector]:
+    ) -> tuple[dict[str, Detector], dict[str, torch.Tensor | None]]:
         """Every detector fitted on the labeled support and validation set (no views,
-        nothing from the tests)."""
+        nothing from the tests), and its cross-fitted scores of the support images
+        (``Detector.held_out_scores``; None where it has none), which thresholds pool with
+        the validation scores."""
         full = FitData(
             class_embeddings=self.class_text(setting.classes),
             logit_scale=self.backend.logit_scale,
@@ -219,13 +221,16 @@ class Experiment:
         )
         encode = cached_text_encoder(self.backend, self.cache)
         with torch_threads():
-            return {n: create_detector(n).fit(full, encode_texts=encode) for n in names}
+            detectors = {n: create_detector(n).fit(full, encode_texts=encode) for n in names}
+            held = {n: d.held_out_scores(full, encode_texts=encode) for n, d in detectors.items()}
+        return detectors, held
 
     def evaluate_open_set(
         self,
         fitted: Fitted,
         setting: Setting,
         detectors: dict[str, Detector],
+        held_out: dict[str, torch.Tensor | None],
         shots: int,
         seed: int,
         accept: float,
@@ -242,7 +247,9 @@ class Experiment:
             unknown = self._feature_set(fitted, unknown_pairs, unknown_labels, local)
             targets[target.name] = (known, unknown)
         with torch_threads(), torch.inference_mode():
-            return evaluate_open_set(fitted.method, detectors, val, targets, accept=accept)
+            return evaluate_open_set(
+                fitted.method, detectors, val, targets, accept=accept, held_out=held_out
+            )
 
     def val_features(
         self, fitted: Fitted, setting: Setting, shots: int, seed: int, *, local: bool

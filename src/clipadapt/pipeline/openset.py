@@ -20,7 +20,14 @@ import torch
 
 from clipadapt.methods import Method
 from clipadapt.ood.base import Detector, ScoreInput
-from clipadapt.ood.metrics import closed_set_accuracy, h_score, ood_metrics, oscr, reject
+from clipadapt.ood.metrics import (
+    closed_set_accuracy,
+    h_score,
+    metric_conventions,
+    ood_metrics,
+    oscr,
+    reject,
+)
 from clipadapt.ood.openset import calibrate_threshold, detector_scores
 
 LOCAL_SKIP = "needs local patch features (a ViT image tower)"
@@ -67,20 +74,32 @@ def evaluate_open_set(
     targets: Mapping[str, tuple[FeatureSet, FeatureSet]],
     *,
     accept: float = 0.95,
+    held_out: Mapping[str, torch.Tensor | None] | None = None,
 ) -> OpenSetEvaluation:
     """Metrics of every fitted detector on top of the fitted ``method``, per target.
+
+    Thresholds pool the validation scores with a detector's ``held_out`` scores of the
+    support images where it has them (``calibrate_threshold``).
 
     Detectors that need patch features are reported as skipped when ``val`` has none (CNN
     towers).
     """
     thresholds: dict[str, float] = {}
+    calibrated_on: dict[str, int] = {}  # known images each threshold was set on
     skipped: dict[str, str] = {}
     for name, detector in detectors.items():
         if ScoreInput.LOCAL_FEATURES in detector.uses and val.local_features is None:
             skipped[name] = LOCAL_SKIP
             continue
-        thresholds[name] = calibrate_threshold(val.scores(method, detector), accept)
-    metrics: dict[str, Any] = {"accept": accept, "targets": {}}
+        pooled = (held_out or {}).get(name)
+        thresholds[name] = calibrate_threshold(val.scores(method, detector), accept, pooled)
+        calibrated_on[name] = len(val.labels) + (0 if pooled is None else len(pooled))
+    metrics: dict[str, Any] = {
+        "accept": accept,
+        "calibrated_on_n": calibrated_on,
+        "conventions": metric_conventions(),
+        "targets": {},
+    }
     raw: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for target, (known, unknown) in targets.items():
         predictions = known.predictions(method)
@@ -111,8 +130,9 @@ def evaluate_open_set(
 
 def false_unknown_rate(n_val: int, accept: float, level: float = 0.9) -> dict[str, float]:
     """How often a known-class image will be called unknown by a threshold calibrated on
-    ``n_val`` validation scores (the ``ceil(accept * n_val)``-th smallest, as
-    ``accept_threshold`` sets it). For exchangeable scores the accepted share of a new image's
+    ``n_val`` known-image scores (validation, pooled with held-out support scores where the
+    detector has them): the ``ceil(accept * n_val)``-th smallest, as ``accept_threshold``
+    sets it. For exchangeable scores the accepted share of a new image's
     distribution is Beta(r, n - r + 1) (the coverage of the r-th order statistic), so the
     false-unknown rate has mean (n - r + 1) / (n + 1) and a ``level`` central interval from
     the Beta quantiles: with few validation images it is wide, whatever ``accept`` says."""
