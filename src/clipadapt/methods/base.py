@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from clipadapt.atomic import atomic_write, atomic_write_json
 from clipadapt.defaults import SELECTION_MODES
 from clipadapt.estimator import Estimator, NotFittedError
+from clipadapt.views import DEFAULT_AUGMENT
 
 if TYPE_CHECKING:
     from clipadapt.models.base import Backend
@@ -73,6 +74,7 @@ class FitData:
     unlabeled_paths: list[str] | None = None  # (U,) image files of the unlabeled set
     checkpoint_dir: Path | None = None  # where training methods checkpoint each epoch
     selection: str = "validation"  # one of SELECTION_MODES
+    augment: tuple[str, ...] = DEFAULT_AUGMENT  # transforms of the augmented views
     feature_cache: Any = None  # the configured FeatureCache for features a method computes
     extra: dict[str, Any] = field(default_factory=dict)
 

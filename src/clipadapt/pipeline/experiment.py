@@ -160,6 +160,7 @@ class Experiment:
             unlabeled_includes_test=transductive,
             selection=self.selection,
             feature_cache=self.cache,
+            augment=self.augment,
         )
         fit_seconds = timed_fit(method, inputs)
         bank = self.bank

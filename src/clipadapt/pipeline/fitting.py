@@ -24,6 +24,7 @@ from clipadapt.methods import DataKind, FitData, Method
 from clipadapt.metrics import classification_metrics
 from clipadapt.models.base import Backend
 from clipadapt.pipeline.featurebank import FeatureBank
+from clipadapt.views import DEFAULT_AUGMENT
 
 FIT_THREADS = 1
 """Torch threads while fitting and predicting: the fits are tiny, and two threads on a busy
@@ -111,6 +112,7 @@ def fit_data(
     unlabeled_includes_test: bool = False,
     selection: str = "validation",
     feature_cache: Any = None,
+    augment: tuple[str, ...] = DEFAULT_AUGMENT,
 ) -> FitData:
     """The ``FitData`` for ``method``: only the kinds it ``reads`` are filled in. Unlabeled
     images are the training pool's unless the caller says they include test images;
@@ -133,6 +135,7 @@ def fit_data(
         checkpoint_dir=None if method.training_free else checkpoint_dir,
         selection=selection,
         feature_cache=feature_cache,
+        augment=augment,
     ).only(method.reads)
 
 

@@ -168,7 +168,9 @@ class MaPLe(TowerMethod):
         backend = require_backend(data, self.name)
         access = promptable_text(backend)
         vision_blocks, text_blocks, v_width = self._check_depth(backend, access)
-        pixels = SupportPixels(backend, require_paths(data, self.name), self._views(data))
+        pixels = SupportPixels(
+            backend, require_paths(data, self.name), self._views(data), data.augment
+        )
         frozen_features = SupportFeatures(data, "cached", self.name)
         generator = torch.Generator().manual_seed(data.seed)
         prompts = ClassPrompts(access, data.classnames, self.n_ctx)

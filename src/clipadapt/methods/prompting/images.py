@@ -15,7 +15,7 @@ from clipadapt.data.images import load_image
 from clipadapt.methods.base import FitData
 from clipadapt.methods.common import support_sets
 from clipadapt.models.base import Backend
-from clipadapt.views import CENTER, augmented_view_name, view_transform
+from clipadapt.views import CENTER, DEFAULT_AUGMENT, augmented_view_name, view_transform
 
 IMAGE_PATHS = ("cached", "reencode")
 
@@ -23,13 +23,19 @@ IMAGE_PATHS = ("cached", "reencode")
 class SupportPixels:
     """Decoded support images; ``pixels(view, rows)`` applies view ``view`` (0 = centre)."""
 
-    def __init__(self, backend: Backend, paths: list[str], n_views: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        paths: list[str],
+        n_views: int,
+        augment: tuple[str, ...] = DEFAULT_AUGMENT,
+    ) -> None:
         self.backend = backend
         # one read per file: a view's augmentation is seeded by the hash of these very pixels
         loaded = [load_image(path) for path in paths]
         self.images = [image for image, _ in loaded]
         self.hashes = [digest for _, digest in loaded]
-        names = [CENTER] + [augmented_view_name(i) for i in range(n_views)]
+        names = [CENTER] + [augmented_view_name(i, augment) for i in range(n_views)]
         self.transforms = [view_transform(backend.preprocess, name) for name in names]
 
     @property
@@ -52,7 +58,10 @@ class SupportFeatures:
         self.pixels = None
         if image_path == "reencode":
             self.pixels = SupportPixels(
-                require_backend(data, method), require_paths(data, method), len(self.sets) - 1
+                require_backend(data, method),
+                require_paths(data, method),
+                len(self.sets) - 1,
+                data.augment,
             )
 
     def __call__(self, epoch: int, rows: torch.Tensor) -> torch.Tensor:

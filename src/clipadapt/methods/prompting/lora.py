@@ -305,7 +305,7 @@ class ImageLoRA(FixedTextScores, LoRAMethod):
         check_fit_data(self, data)
         backend = require_backend(data, self.name)
         lora_image_tower(backend, self.name)  # a clear error on a CNN before decoding images
-        pixels = SupportPixels(backend, require_paths(data, self.name), self.views)
+        pixels = SupportPixels(backend, require_paths(data, self.name), self.views, data.augment)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(data.seed)  # PEFT draws LoRA's A matrices from the global generator
             adapted, module, targets = self._adapted(backend)

@@ -87,7 +87,7 @@ class VisualPrompt(FixedTextScores, TowerMethod):
     def _fit(self, data: FitData) -> None:
         check_fit_data(self, data)
         backend = require_backend(data, self.name)
-        pixels = SupportPixels(backend, require_paths(data, self.name), self.views)
+        pixels = SupportPixels(backend, require_paths(data, self.name), self.views, data.augment)
         height, width = pixels.pixels(0, torch.tensor([0])).shape[-2:]
         mask = prompt_mask(self.kind, self.size, height, width).to(backend.device)
         prompt = torch.zeros(3, height, width, device=backend.device, requires_grad=True)
