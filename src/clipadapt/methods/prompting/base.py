@@ -192,7 +192,7 @@ class TowerMethod(Method):
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Self:
         method = super().load(directory)
-        config = read_config(Path(directory))
+        config = read_config(Path(directory), "classnames", "text_fingerprint")
         method.classnames = list(config["classnames"])
         method.text_fingerprint = config["text_fingerprint"]
         return method
