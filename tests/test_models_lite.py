@@ -214,3 +214,15 @@ def test_alignment_text_embeddings_are_reproducible():
     names = [imagenet_classnames()[i] for i in rows]
     again = ensemble_text(MiniLMTextTower().encode, names, alignment.templates)
     assert torch.allclose(again, alignment.imagenet_text[rows], atol=1e-5)
+
+
+def test_lazily_built_text_side_is_never_an_inference_tensor() -> None:
+    """First used under inference mode (as adapt scores zero-shot), the text tower and the
+    alignment must still take part in prompt learning's backward pass."""
+    from clipadapt.models import create_backend
+
+    backend = create_backend("lite")
+    with torch.inference_mode():
+        backend.encode_texts(["a photo of a dog"])
+    assert not backend.alignment.imagenet_text.is_inference()
+    assert not any(p.is_inference() for p in backend.text_tower.parameters())

@@ -108,12 +108,15 @@ class LiteBackend(Backend):
         """MiniLM, built on first use (importing transformers and loading it take seconds)."""
         from clipadapt.models.minilm import MiniLMTextTower
 
-        return MiniLMTextTower().to(self.device)
+        with torch.inference_mode(False):  # first use may come under inference mode
+            return MiniLMTextTower().to(self.device)
 
     @cached_property
     def alignment(self) -> LiteAlignment:
-        """The packaged (or cached) alignment for these weights; builds the text tower."""
-        return load_or_fit_alignment(self.text_tower, self.head)
+        """The packaged (or cached) alignment for these weights; builds the text tower.
+        Built outside inference mode, so that prompt learners can backpropagate through it."""
+        with torch.inference_mode(False):
+            return load_or_fit_alignment(self.text_tower, self.head)
 
     @property
     def logit_scale(self) -> float:
