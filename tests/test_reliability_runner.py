@@ -109,6 +109,7 @@ def test_corrupt_result_files_are_named_and_overwrite_replaces_them(domains, tmp
         write_report(cfg.out, tmp_path / "report")
     again = run_bench(cfg, backend=ColorBackend(), overwrite=True, progress=False)
     assert broken in again.ran and read_result(broken).method in ("zeroshot", "ncm")
+    assert not (cfg.out / "checkpoints").exists()  # no empty folders left behind
 
 
 def test_report_deletes_only_the_figures_it_wrote(domains, tmp_path) -> None:
@@ -264,3 +265,26 @@ def test_augment_recipe_is_configurable_and_recorded(domains, tmp_path) -> None:
     assert result.augment == ["crop"] and result.config["augment"] == ["crop"]
     with pytest.raises(ValueError, match=r"augment \['spin'\]: use one or more of crop, flip"):
         config(domains, tmp_path, augment="spin")
+
+
+def test_adapt_gives_trained_methods_a_checkpoint_dir_and_removes_it(tmp_path, monkeypatch):
+    """A killed prompt-learner fit under adapt resumes from its checkpoints (as under bench);
+    the folder is adapt's own and is gone once the model is saved."""
+    from clipadapt.adapted import adapt
+    from clipadapt.data import load_dataset
+    from clipadapt.pipeline import experiment
+
+    seen = []
+
+    def spy(method, data):
+        seen.append(data.checkpoint_dir)
+        return real(method, data)
+
+    real = experiment.timed_fit
+    monkeypatch.setattr(experiment, "timed_fit", spy)
+    folder = make_folder(tmp_path / "f", {"blue": 10, "red": 10})
+    model = tmp_path / "m"
+    adapt(ColorBackend(), load_dataset(folder), model, method="clip_adapter", shots=2,
+          progress=False, ood_score=None)  # fmt: skip
+    assert seen[0] == tmp_path / ".m.checkpoints" and not seen[0].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "m"]

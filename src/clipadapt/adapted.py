@@ -157,7 +157,8 @@ def adapt(
     data = experiment.gather(
         setting, shots, seed, views=given_views, unlabeled=reads_unlabeled(fitted_method)
     )
-    fitted = experiment.fit(fitted_method, setting, data, seed=seed)
+    checkpoints = target.parent / f".{target.name}.checkpoints"  # resumes a killed fit
+    fitted = experiment.fit(fitted_method, setting, data, seed=seed, checkpoint_dir=checkpoints)
     open_set, n_calibration = None, 0
     if ood_score is not None:
         open_set, n_calibration = _calibrate_open_set(
@@ -230,6 +231,7 @@ def adapt(
         split.save(directory / SPLIT_FILE)
 
     _replace_directory(target, write)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # ours, and only needed to resume this fit
     return Adapted(fitted_method, info, open_set)
 
 

@@ -341,6 +341,7 @@ class _Runner:
                 shutil.rmtree(checkpoints, ignore_errors=True)  # made by this run, to resume it
                 bar.update()
         bar.close()
+        _remove_empty_dirs(self.config.out / "checkpoints")
 
     def _classification(
         self, run: Run, run_config: dict[str, Any], fitted: Fitted
@@ -457,6 +458,17 @@ class _Runner:
         return [entry for d in domains for entry in d.skipped] + [
             entry for entry in self.experiment.bank.skipped if entry["path"] in paths
         ]
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    """Remove the empty folders under (and including) ``root``, deepest first."""
+    if not root.is_dir():
+        return
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    if not any(root.iterdir()):
+        root.rmdir()
 
 
 def summarize(targets: tuple[Target, ...], metrics: dict[str, Any]) -> dict[str, float | None]:
