@@ -85,7 +85,8 @@ class LiteBackend(Backend):
     """EfficientNet-Lite0 (ImageNet-1k) + all-MiniLM-L6-v2, tied through the ImageNet head."""
 
     # Images per forward for feature extraction: a CNN's activations grow with the batch;
-    # 16 peaks ~0.7 GB lower than 64 and is no slower (benchmarks/runtime_settings.py).
+    # 16 peaks at 1.1 GB resident against 1.9 GB at 64, for 2-9% fewer images per second on
+    # 2 cores (benchmarks/runtime_settings.py, extraction_throughput.py).
     preferred_batch_size = 16
 
     def __init__(self, device: str | torch.device = "cpu", alignment: LiteAlignment | None = None):
