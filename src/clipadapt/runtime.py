@@ -9,11 +9,15 @@ results files.
   (128 KiB to 32 MiB) with a fresh ``mmap`` and returns it with ``munmap`` when freed, so
   each batch of CNN activations is faulted in page by page again (12-16k page faults per
   image for EfficientNet-Lite0 at batch 64). Turning mmap off and trimming the heap only
-  beyond 1 GiB keeps freed activations in the process for the next batch. The cost: the
-  resident size stays near its peak instead of shrinking between batches.
+  beyond 1 GiB keeps freed activations in the process for the next batch (lite tower on 2
+  idle cores: 81 -> 147 img/s). The cost: the resident size stays near its peak instead
+  of shrinking between batches.
 * ``configure_threads()``: OpenMP workers sleep when they run out of work
-  (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning for a while, which otherwise takes the
-  cores that image decoding and the main thread need.
+  (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning for a while. Neutral on idle cores;
+  where other work shares them (decoding threads, other processes) spinning takes CPU
+  they need (lite tower at load 4-6: 35 -> 26 CPU ms per image).
+
+``benchmarks/runtime_settings.py`` measures both against the defaults.
 """
 
 from __future__ import annotations
