@@ -61,12 +61,15 @@ SELECTION_TEXT = {
 }
 FIGURE_MANIFEST = ".clipadapt-report-figures.json"  # the figures the last report wrote
 OOD_NOTE = (
-    "Results of the near_ood / open_set_dg / far_ood protocols (clipadapt.bench.ood): "
-    "percent, mean ± sample std over seeds; higher score = more OOD; every threshold is "
-    "calibrated on the few-shot validation set only (accepting 95% of it by default), never on "
-    "test data. Figures: for every method, the histograms of every detector and their ROC "
-    "curves at the largest shot count and the first seed (a fixed choice, not picked by "
-    "results), scores pooled over the targets."
+    "Results of the near_ood / open_set_dg / far_ood protocols (clipadapt.bench.protocols): "
+    "percent, mean ± sample std over seeds; higher score = more OOD; AUROC and AUPR_OUT take "
+    "OOD as positive, AUPR_IN ID; FPR95 is the share of OOD accepted at 95% ID recall; AUPR "
+    "is average precision (clipadapt.ood.metrics.metric_conventions). Every threshold accepts "
+    "95% (by default) of known images never fitted on: the few-shot validation set, pooled "
+    "for detectors that read image features only with their cross-fitted support scores; "
+    "never test data. Figures: histograms of every detector and their ROC curves at the "
+    "largest shot count and the first seed (a fixed choice, not picked by results), scores "
+    "pooled over the targets."
 )
 CSV_COLUMNS = (
     "protocol",
