@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clipadapt import __version__
+from clipadapt import __version__, runtime
 from clipadapt.bench.config import PROTOCOLS
 from clipadapt.data import ImageDataset, load_dataset
 from clipadapt.data.errors import DatasetError
@@ -22,6 +22,9 @@ from clipadapt.paths import display_path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if "torch" not in sys.modules:  # a fresh process: before torch loads OpenMP and allocates
+        runtime.configure_threads()
+        runtime.configure_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -39,9 +39,7 @@ from clipadapt.models.base import Backend
 from clipadapt.paths import display_path
 from clipadapt.views import CENTER, view_key, view_transform
 
-__all__ = ["DEFAULT_BATCH", "Features", "content_hash", "default_workers", "extract_features"]
-
-DEFAULT_BATCH = 64
+__all__ = ["Features", "content_hash", "default_workers", "extract_features"]
 HASH_CHUNK = 256  # files per worker task when stat-ing and hashing
 
 T = TypeVar("T")
@@ -73,7 +71,7 @@ def extract_features(
     *,
     view: str = CENTER,
     cache: FeatureCache | None = None,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
     workers: int | None = None,
     skip_bad: bool = False,
     progress: bool = True,
@@ -81,9 +79,11 @@ def extract_features(
     """Embed ``paths`` under ``view``; bad images raise, or are skipped when ``skip_bad``.
 
     Missing, empty (0-byte) and undecodable files raise ``ImageDecodeError`` naming the
-    file, or with ``skip_bad`` are left out and listed in ``Features.skipped``.
+    file, or with ``skip_bad`` are left out and listed in ``Features.skipped``. Images go to
+    the tower ``batch_size`` at a time (default: the backend's ``preferred_batch_size``).
     """
     workers = workers or default_workers()
+    batch_size = batch_size or backend.preferred_batch_size
     transform = view_transform(backend.preprocess, view)
     model_key, key = backend.image_fingerprint, view_key(view)
     names = [os.fspath(p) for p in paths]

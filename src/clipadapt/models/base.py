@@ -42,6 +42,8 @@ class Backend(ABC):
     embed_dim: int
     logit_scale: float
     device: torch.device
+    preferred_batch_size: int = 64
+    """Images per forward when extracting features (a CNN's activations at 64 take GBs)."""
 
     @abstractmethod
     def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:

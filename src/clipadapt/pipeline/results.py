@@ -25,6 +25,7 @@ import numpy as np
 from clipadapt import __version__
 from clipadapt.atomic import atomic_write, atomic_write_json
 from clipadapt.models.base import Backend
+from clipadapt.runtime import runtime_settings
 
 RESULT_SCHEMA = "clipadapt.result/2"
 CLASSIFICATION_TASK = "fewshot_classification"
@@ -121,6 +122,7 @@ class RunResult:
     summary: dict[str, Any]
     model_fingerprint: str
     image_fingerprint: str
+    runtime: dict[str, Any] = field(default_factory=runtime_settings)  # threads, allocator
     schema: str = RESULT_SCHEMA
     package_version: str = __version__
     created: str = field(default_factory=now)
@@ -179,8 +181,9 @@ def read_result(path: str | Path) -> RunResult:
             "incompatible clipadapt version: re-run it into a fresh directory"
         )
     cls = RESULT_TYPES.get(values.pop("task", None))
-    names = {f.name for f in dataclasses.fields(cls)} if cls else set()
-    if cls is None or set(values) != names:
+    fields = dataclasses.fields(cls) if cls else ()
+    required = {f.name for f in fields if f.default is f.default_factory is dataclasses.MISSING}
+    if cls is None or not required <= set(values) <= {f.name for f in fields}:
         raise ValueError(
             f"{path}: not a complete clipadapt result (fields differ from "
             f"{RESULT_SCHEMA!r}); delete it to re-run that run"
