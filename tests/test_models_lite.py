@@ -226,3 +226,29 @@ def test_lazily_built_text_side_is_never_an_inference_tensor() -> None:
         backend.encode_texts(["a photo of a dog"])
     assert not backend.alignment.imagenet_text.is_inference()
     assert not any(p.is_inference() for p in backend.text_tower.parameters())
+
+
+def test_preprocessing_without_torchvision_is_torchvision_bit_for_bit(tmp_path) -> None:
+    """Same pixels and same description (part of the image fingerprint) as the torchvision
+    pipeline it replaces, over odd sizes, portrait and landscape, up- and down-scaling."""
+    from PIL import Image
+    from torchvision import transforms
+
+    from clipadapt.models.base import describe_transform
+    from clipadapt.models.lite import LitePreprocess
+
+    reference = transforms.Compose(
+        [
+            transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+        ]
+    )
+    ours = LitePreprocess()
+    assert describe_transform(ours) == describe_transform(reference)
+    rng = torch.Generator().manual_seed(0)
+    for width, height in [(227, 227), (224, 224), (16, 16), (28, 28), (640, 480), (301, 999)]:
+        pixels = torch.randint(0, 256, (height, width, 3), generator=rng, dtype=torch.uint8)
+        image = Image.fromarray(pixels.numpy())
+        assert torch.equal(ours(image), reference(image)), (width, height)

@@ -6,12 +6,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, f1_score
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """``acc1``, ``acc5`` (top-min(5, C)), ``mean_per_class_recall``, ``macro_f1`` and the
     confusion matrix (rows = true class, columns = predicted), for logits (N, C)."""
+    from sklearn.metrics import confusion_matrix, f1_score  # scikit-learn takes ~1 s to import
+
     if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree")
     if logits.shape[0] == 0:

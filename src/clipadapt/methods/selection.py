@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
-from sklearn.model_selection import StratifiedKFold
 
 from clipadapt.methods.base import FitData, Method
 from clipadapt.methods.common import check_fit_data, validation_set
@@ -115,6 +114,8 @@ def cv_folds(data: FitData) -> list[tuple[FitData, torch.Tensor, torch.Tensor]]:
     """Stratified folds over support + validation (plain features): per fold, a FitData
     holding the training part as its support set (no views, no validation), and the held-out
     features and labels. Empty when some class has fewer than two labelled images."""
+    from sklearn.model_selection import StratifiedKFold  # scikit-learn takes ~1 s to import
+
     parts = [(data.support_features, data.support_labels)]
     if validation_set(data) is not None:
         parts.append((data.val_features, data.val_labels))

@@ -19,7 +19,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+from PIL import Image
 
 from clipadapt.models.base import Backend, ModelInfo, describe_transform, hash_tensors
 from clipadapt.models.efficientnet_lite import EfficientNetLite0
@@ -32,8 +34,6 @@ from clipadapt.models.lite_alignment import (
 from clipadapt.paths import clipadapt_cache_dir
 
 if TYPE_CHECKING:
-    from torchvision.transforms import Compose
-
     from clipadapt.models.minilm import MiniLMTextTower
 
 log = logging.getLogger(__name__)
@@ -68,17 +68,34 @@ def relu6_gaussian_moments(mean: torch.Tensor, std: torch.Tensor) -> torch.Tenso
     return inside + 6.0 * (1 - normal.cdf(b))
 
 
-def lite_preprocess() -> Compose:
-    from torchvision import transforms
+class LitePreprocess:
+    """torchvision's ``Compose([Resize(224, bicubic), CenterCrop(224), ToTensor(),
+    Normalize(0.5, 0.5)])`` on a PIL image, computed with PIL and torch alone: importing
+    torchvision costs a process about a second. Bit-identical to it (a test compares both),
+    so it keeps its description, which is part of the image fingerprint."""
 
-    return transforms.Compose(
-        [
-            transforms.Resize(IMAGE_SIZE, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(IMAGE_SIZE),
-            transforms.ToTensor(),
-            transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
-        ]
+    DESCRIPTION = (
+        "Compose( Resize(size=224, interpolation=bicubic, max_size=None, antialias=True) "
+        "CenterCrop(size=(224, 224)) ToTensor() Normalize(mean=[0.5, 0.5, 0.5], "
+        "std=[0.5, 0.5, 0.5]) )"
     )
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        size = (IMAGE_SIZE, int(IMAGE_SIZE * long / short))  # (short, long), as torchvision
+        new_w, new_h = size if width <= height else size[::-1]
+        if (new_w, new_h) != (width, height):
+            image = image.resize((new_w, new_h), Image.BICUBIC)
+        top = round((new_h - IMAGE_SIZE) / 2.0)
+        left = round((new_w - IMAGE_SIZE) / 2.0)
+        image = image.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+        pixels = torch.from_numpy(np.array(image, np.uint8, copy=True))
+        pixels = pixels.view(IMAGE_SIZE, IMAGE_SIZE, -1).permute(2, 0, 1).contiguous()
+        return pixels.to(torch.float32).div(255).sub_(0.5).div_(0.5)
+
+    def __repr__(self) -> str:
+        return self.DESCRIPTION
 
 
 class LiteBackend(Backend):
@@ -98,7 +115,7 @@ class LiteBackend(Backend):
         self.head = net._fc.weight.detach().clone()
         self.feature_mean = relu6_gaussian_moments(net._bn1.bias.detach(), net._bn1.weight.detach())
         self.image_tower = net.fuse_batchnorm().to(self.device, memory_format=torch.channels_last)
-        self.preprocess = lite_preprocess()
+        self.preprocess = LitePreprocess()
         self.preprocess_description = describe_transform(self.preprocess)
         self.embed_dim = int(self.head.shape[1])
         if alignment is not None:

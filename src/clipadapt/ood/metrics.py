@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 OOD_LABEL = -1
 TPR = 0.95
@@ -57,22 +56,30 @@ def _binary(id_scores: ArrayLike, ood_scores: ArrayLike) -> tuple[np.ndarray, np
     return np.concatenate([ids, oods]), np.r_[np.zeros(len(ids)), np.ones(len(oods))]
 
 
+def _sklearn():
+    """``sklearn.metrics``, imported on first use: it takes about a second, which a process
+    that only predicts should not pay."""
+    from sklearn import metrics
+
+    return metrics
+
+
 def auroc(id_scores: ArrayLike, ood_scores: ArrayLike) -> float:
     """Area under the ROC curve, OOD positive."""
     scores, is_ood = _binary(id_scores, ood_scores)
-    return float(roc_auc_score(is_ood, scores))
+    return float(_sklearn().roc_auc_score(is_ood, scores))
 
 
 def aupr_in(id_scores: ArrayLike, ood_scores: ArrayLike) -> float:
     """Average precision with ID positive, ranked by ``-score`` (not trapezoidal)."""
     scores, is_ood = _binary(id_scores, ood_scores)
-    return float(average_precision_score(1 - is_ood, -scores))
+    return float(_sklearn().average_precision_score(1 - is_ood, -scores))
 
 
 def aupr_out(id_scores: ArrayLike, ood_scores: ArrayLike) -> float:
     """Average precision with OOD positive, ranked by ``score`` (not trapezoidal)."""
     scores, is_ood = _binary(id_scores, ood_scores)
-    return float(average_precision_score(is_ood, scores))
+    return float(_sklearn().average_precision_score(is_ood, scores))
 
 
 def accept_threshold(id_scores: ArrayLike, accept: float = TPR) -> float:
