@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from clipadapt import runtime
 from clipadapt.data.errors import ImageDecodeError
 from clipadapt.data.images import (
     content_hash,
@@ -111,6 +112,8 @@ def extract_features(
         computed = _encode_missing(
             backend, names, todo, transform, pool, batch_size, store, reject, progress
         )
+    if computed:
+        runtime.release_free_memory()  # the batches' activations, kept while encoding
     rows = {i: found[digest] for i, digest in hashes.items() if digest in found} | computed
     ok = sorted(rows)
     dim = backend.embed_dim
