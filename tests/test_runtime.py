@@ -94,3 +94,27 @@ def test_an_exported_wait_policy_wins_and_late_thread_counts_reach_torch():
     assert out["omp_wait_policy"] == "ACTIVE"
     assert out["omp_set_before_torch_import"] is False
     assert out["torch_threads"] == 1
+
+
+@pytest.mark.skipif(not GLIBC, reason="the allocator settings apply to glibc only")
+def test_released_memory_leaves_the_process():
+    """Kept after free (the point of the settings), returned by ``release_free_memory``."""
+    out = run_python(
+        """
+        import ctypes, json
+        from clipadapt import runtime
+        runtime.configure_allocator()
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        libc.free.argtypes = [ctypes.c_void_p]
+        def resident():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+        block = libc.malloc(256 << 20)
+        ctypes.memset(block, 1, 256 << 20)
+        libc.free(block)
+        kept = resident()
+        runtime.release_free_memory()
+        print(json.dumps({"kept": kept, "released": resident()}))
+        """
+    )
+    assert out["kept"] - out["released"] > 200  # MiB
