@@ -90,9 +90,10 @@ class LitePreprocess:
         top = round((new_h - IMAGE_SIZE) / 2.0)
         left = round((new_w - IMAGE_SIZE) / 2.0)
         image = image.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
-        pixels = torch.from_numpy(np.array(image, np.uint8, copy=True))
-        pixels = pixels.view(IMAGE_SIZE, IMAGE_SIZE, -1).permute(2, 0, 1).contiguous()
-        return pixels.to(torch.float32).div(255).sub_(0.5).div_(0.5)
+        # in numpy, single-threaded: decoding threads must not each start torch's OpenMP team
+        pixels = np.asarray(image, np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE, -1)
+        scaled = (pixels.astype(np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
+        return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
 
     def __repr__(self) -> str:
         return self.DESCRIPTION
