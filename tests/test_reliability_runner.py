@@ -107,7 +107,12 @@ def test_corrupt_result_files_are_named_and_overwrite_replaces_them(domains, tmp
         run_bench(cfg, backend=ColorBackend(), progress=False)
     with pytest.raises(ValueError, match=f"{broken}: not a readable result file"):
         write_report(cfg.out, tmp_path / "report")
+    stale = broken.with_name(f".{broken.name}.abc123.tmp")  # a run killed mid-write
+    stale.write_text("{")
+    mine = broken.with_name("notes.tmp")
+    mine.write_text("keep")
     again = run_bench(cfg, backend=ColorBackend(), overwrite=True, progress=False)
+    assert not stale.exists() and mine.read_text() == "keep"
     assert broken in again.ran and read_result(broken).method in ("zeroshot", "ncm")
     assert not (cfg.out / "checkpoints").exists()  # no empty folders left behind
 

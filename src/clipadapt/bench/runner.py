@@ -134,6 +134,7 @@ def run_bench(
         )
     detectors = detector_names(config)
     check_results_dir(config.out, overwrite)
+    _remove_stale_temporaries(config.out)
     loaded = load_dataset(config.data, classnames_file=config.classnames, skip_bad=config.skip_bad)
     collection, domains = as_domains(loaded)
     for name, path in config.ood_data.items():
@@ -458,6 +459,14 @@ class _Runner:
         return [entry for d in domains for entry in d.skipped] + [
             entry for entry in self.experiment.bank.skipped if entry["path"] in paths
         ]
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files a killed run left where it writes results (``atomic_write``
+    names them ``.<result file>.<random>.tmp``); the results themselves are always whole."""
+    for pattern in ("*/*/*/*/.K*_s*.json.*.tmp", "*/*/*/*/.K*_s*.scores.npz.*.tmp"):
+        for stale in out.glob(pattern):
+            stale.unlink(missing_ok=True)
 
 
 def _remove_empty_dirs(root: Path) -> None:
