@@ -455,10 +455,12 @@ class _Runner:
         """Every file left out of the domains this run reads (``skip_bad``): dropped when the
         dataset was loaded, or unreadable when it was embedded."""
         domains = [self.experiment.domains[d] for d in run_config["data_fingerprints"]]
+        dropped = [entry for d in domains for entry in d.skipped]
+        unreadable = self.experiment.bank.skipped
+        if not unreadable:  # the usual case: no set of every path to build for each run
+            return dropped
         paths = {str(s.path) for d in domains for s in d.samples}
-        return [entry for d in domains for entry in d.skipped] + [
-            entry for entry in self.experiment.bank.skipped if entry["path"] in paths
-        ]
+        return dropped + [entry for entry in unreadable if entry["path"] in paths]
 
 
 def _remove_stale_temporaries(out: Path) -> None:
