@@ -1,10 +1,18 @@
-"""Image views: the plain evaluation view and seeded augmented views.
+"""Image views: the plain evaluation view, seeded augmented views and corruption views.
 
 An augmented view ``aug<i>`` is a random resized crop and horizontal flip whose parameters
 come from a generator seeded by the image's content hash and ``i``, so the same image always
 gets the same view, whichever thread or process computes it. Another recipe (a subset of
 ``AUGMENTATIONS``, e.g. crops only for digits and text, which a mirror changes) is part of the
 view's name, ``aug<i>@crop``, and so of its cache key.
+
+A corruption view ``<corruption>@<severity>`` (``fog@3``; see :mod:`clipadapt.corruptions`)
+frames the image as the plain view of a 224-pixel tower does (short side resized to 224,
+bicubic; centre crop), corrupts that 224 x 224 canvas, ImageNet-C's, with numbers drawn from
+a generator seeded by the image's content hash and the view name, then hands it to the
+backend's preprocessing (for a 224 tower only the normalisation is left to do; another
+input size resizes the corrupted canvas). Its cache key carries the corruption definitions'
+``VERSION``.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+from clipadapt import corruptions
+from clipadapt.imageops import resize_center_crop
 
 if TYPE_CHECKING:
     import torch
@@ -43,18 +54,38 @@ def augmented_view_name(index: int, augment: tuple[str, ...] = DEFAULT_AUGMENT) 
     return f"aug{index}{recipe}"
 
 
+def corruption_view_name(corruption: str, severity: int) -> str:
+    return f"{corruption}@{severity}"
+
+
+def parse_corruption_view(view: str) -> tuple[str, int] | None:
+    """``(corruption, severity)`` of a corruption view; None for any other view name."""
+    name, _, severity = view.partition("@")
+    if name not in corruptions.CORRUPTIONS:
+        return None
+    if not (severity.isdigit() and int(severity) in corruptions.SEVERITIES):
+        raise ValueError(f"view {view!r}: a corruption view is '{name}@<severity 1-5>'")
+    return name, int(severity)
+
+
 def _recipe(view: str) -> tuple[str, ...]:
     """The transforms of augmented view ``view`` (its name after ``@``, or the default)."""
     name, _, recipe = view.partition("@")
     if not name.startswith("aug") or not name[3:].isdigit():
-        raise ValueError(f"unknown view {view!r}: use 'center' or 'aug<i>' (aug0, aug1, ...)")
+        raise ValueError(
+            f"unknown view {view!r}: use 'center', 'aug<i>' (aug0, aug1, ...) or "
+            "'<corruption>@<severity>' (gaussian_noise@3, ...)"
+        )
     return parse_augment(recipe.replace("+", ",")) if recipe else DEFAULT_AUGMENT
 
 
 def view_key(view: str) -> str:
-    """What the cache stores for a view: its name plus the augmentation recipe."""
+    """What the cache stores for a view: its name plus the augmentation recipe, or the
+    corruption definitions' version and canvas."""
     if view == CENTER:
         return view
+    if parse_corruption_view(view):
+        return f"{view}:{corruptions.VERSION}:canvas{corruptions.CANVAS}"
     return f"{view}:{'+'.join(AUGMENTATIONS[n] for n in _recipe(view))}"
 
 
@@ -72,6 +103,16 @@ def augment(image: Image.Image, content_hash: str, view: str) -> Image.Image:
     if "flip" in recipe and rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # as torchvision's hflip
     return image
+
+
+def corrupt_view(image: Image.Image, content_hash: str, view: str) -> Image.Image:
+    """The 224 x 224 corrupted canvas of corruption view ``view`` (see the module notes)."""
+    parsed = parse_corruption_view(view)
+    if parsed is None:
+        raise ValueError(f"{view!r} is not a corruption view")
+    canvas = np.asarray(resize_center_crop(image.convert("RGB"), corruptions.CANVAS))
+    rng = np.random.default_rng(_seed(content_hash, view))
+    return Image.fromarray(corruptions.corrupt(canvas, *parsed, rng))
 
 
 def _crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -98,5 +139,10 @@ def view_transform(
     """``(image, content_hash) -> tensor`` for ``view`` on top of a backend's preprocessing."""
     if view == CENTER:
         return lambda image, _content: preprocess(image)
+    parsed = parse_corruption_view(view)
+    if parsed is not None:
+        if parsed[0] == "frost":
+            corruptions.frost_directory()  # fails now, not at the first image
+        return lambda image, content: preprocess(corrupt_view(image, content, view))
     _recipe(view)  # checks the name
     return lambda image, content: preprocess(augment(image, content, view))

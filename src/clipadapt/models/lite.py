@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipadapt.imageops import resize_center_crop
 from clipadapt.models.base import Backend, ModelInfo, describe_transform, hash_tensors
 from clipadapt.models.efficientnet_lite import EfficientNetLite0
 from clipadapt.models.lite_alignment import (
@@ -81,15 +82,7 @@ class LitePreprocess:
     )
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        width, height = image.size
-        short, long = min(width, height), max(width, height)
-        size = (IMAGE_SIZE, int(IMAGE_SIZE * long / short))  # (short, long), as torchvision
-        new_w, new_h = size if width <= height else size[::-1]
-        if (new_w, new_h) != (width, height):
-            image = image.resize((new_w, new_h), Image.BICUBIC)
-        top = round((new_h - IMAGE_SIZE) / 2.0)
-        left = round((new_w - IMAGE_SIZE) / 2.0)
-        image = image.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+        image = resize_center_crop(image, IMAGE_SIZE)
         # in numpy, single-threaded: decoding threads must not each start torch's OpenMP team
         pixels = np.asarray(image, np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE, -1)
         scaled = (pixels.astype(np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)

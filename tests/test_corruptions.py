@@ -1,0 +1,147 @@
+"""Corruption views: seeded, versioned in the cache key, stronger with severity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipadapt import corruptions
+from clipadapt.corruptions import CANVAS, COMMON, CORRUPTIONS, EXTRA, SEVERITIES, corrupt
+from clipadapt.feature_cache import FeatureCache
+from clipadapt.features import extract_features
+from clipadapt.views import (
+    CENTER,
+    corrupt_view,
+    corruption_view_name,
+    parse_corruption_view,
+    view_key,
+    view_transform,
+)
+
+
+def _frost_installed() -> bool:
+    try:
+        corruptions.frost_directory()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _available(name: str) -> bool:
+    return name != "frost" or _frost_installed()
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    """A textured 240 x 180 test image: gradients, stripes and a disc."""
+    yy, xx = np.mgrid[0:180, 0:240]
+    red = (xx * 255 / 239).astype(np.uint8)
+    green = ((np.sin(xx / 5) * np.cos(yy / 7) + 1) * 120).astype(np.uint8)
+    blue = np.where((xx - 120) ** 2 + (yy - 90) ** 2 < 50**2, 230, 30).astype(np.uint8)
+    return Image.fromarray(np.stack([red, green, blue], -1))
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float64)
+
+
+def test_the_suite_is_imagenet_c_s_fifteen_plus_held_out_extras():
+    assert len(COMMON) == 15 and set(COMMON).isdisjoint(EXTRA)
+    assert tuple(CORRUPTIONS) == (*COMMON, *EXTRA)
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_each_corruption_is_seeded_and_severity_changes_it(photo, name):
+    if not _available(name):
+        pytest.skip("frost needs the frost images of the imagecorruptions package")
+    views = [corruption_view_name(name, s) for s in (1, 5)]
+    first = [corrupt_view(photo, "hash-a", v) for v in views]
+    again = corrupt_view(photo, "hash-a", views[0])
+    assert first[0].size == (CANVAS, CANVAS) and first[0].mode == "RGB"
+    assert np.array_equal(np.asarray(first[0]), np.asarray(again))  # same image+view: same bytes
+    assert not np.array_equal(np.asarray(first[0]), np.asarray(first[1]))
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "shot_noise", "fog", "glass_blur", "frost"])
+def test_random_corruptions_draw_from_the_image_hash(photo, name):
+    if not _available(name):
+        pytest.skip("frost needs the frost images of the imagecorruptions package")
+    view = corruption_view_name(name, 3)
+    a, b = (np.asarray(corrupt_view(photo, h, view)) for h in ("hash-a", "hash-b"))
+    assert not np.array_equal(a, b)
+
+
+def _distance(name: str, clean: np.ndarray, out: np.ndarray) -> float:
+    """A distortion measure that should grow with severity."""
+    if name in ("defocus_blur", "gaussian_blur", "motion_blur", "zoom_blur"):
+        edges = lambda x: np.abs(np.diff(x, axis=1)).mean()  # noqa: E731
+        return -edges(out)  # blur removes edges
+    if name == "contrast":
+        return -out.std()
+    return float(((out - clean) ** 2).mean())
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gaussian_noise",
+        "shot_noise",
+        "impulse_noise",
+        "defocus_blur",
+        "gaussian_blur",
+        "contrast",
+        "brightness",
+        "pixelate",
+        "jpeg_compression",
+        "zoom_blur",
+    ],
+)
+def test_distortion_grows_with_severity(photo, name):
+    clean = np.asarray(photo.resize((CANVAS, CANVAS)))
+    distances = [
+        _distance(name, clean.astype(np.float64), _pixels(corrupt(clean, name, s, _rng())))
+        for s in SEVERITIES
+    ]
+    assert distances == sorted(distances) and distances[0] < distances[-1]
+
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def test_view_keys_are_distinct_and_carry_the_definition_version():
+    keys = {view_key(corruption_view_name(n, s)) for n in CORRUPTIONS for s in SEVERITIES}
+    assert len(keys) == len(CORRUPTIONS) * len(SEVERITIES)
+    assert all(corruptions.VERSION in k for k in keys)
+    assert CENTER not in keys and view_key("aug0") not in keys
+
+
+@pytest.mark.parametrize("view", ["fog@0", "fog@6", "fog@x", "fog@"])
+def test_bad_severity_is_a_clear_error(view):
+    with pytest.raises(ValueError, match="corruption view is 'fog@<severity 1-5>'"):
+        view_key(view)
+
+
+def test_unknown_views_name_the_corruption_form():
+    assert parse_corruption_view("aug0@crop") is None
+    with pytest.raises(ValueError, match="<corruption>@<severity>"):
+        view_key("foggy@2")
+
+
+def test_missing_frost_images_fail_before_any_image(monkeypatch):
+    monkeypatch.setattr(corruptions.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps imagecorruptions"):
+        view_transform(lambda image: image, "frost@1")
+
+
+def test_corruption_views_are_cached_under_their_own_key(fake_backend, image_folder, tmp_path):
+    paths = sorted(image_folder.rglob("*.png"))[:4]
+    cache = FeatureCache(tmp_path / "cache")
+    clean = extract_features(fake_backend, paths, cache=cache, progress=False)
+    fogged = extract_features(fake_backend, paths, view="fog@5", cache=cache, progress=False)
+    forwards = fake_backend.forwards
+    again = extract_features(fake_backend, paths, view="fog@5", cache=cache, progress=False)
+    assert fake_backend.forwards == forwards and again.cached == len(paths)
+    assert np.array_equal(again.features.numpy(), fogged.features.numpy())
+    assert not np.allclose(clean.features.numpy(), fogged.features.numpy(), atol=1e-3)
