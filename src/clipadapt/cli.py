@@ -181,6 +181,11 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--accept", type=float, help="validation share an OOD threshold accepts (default: 0.95)"
     )
+    p.add_argument(
+        "--corruptions",
+        help="corruptions protocol: comma-separated names (default: ImageNet-C's 15 + extras)",
+    )
+    p.add_argument("--severities", help="corruptions protocol: severities 1-5 (default: all)")
     p.add_argument("--methods", help="comma-separated method names (default: all)")
     p.add_argument(
         "--selection",

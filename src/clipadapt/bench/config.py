@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from clipadapt.corruptions import COMMON, CORRUPTIONS, EXTRA, SEVERITIES, frost_directory
 from clipadapt.defaults import DEFAULT_VIEWS, SELECTION_MODES
 from clipadapt.views import DEFAULT_AUGMENT, parse_augment
 
@@ -33,6 +34,8 @@ PROTOCOLS: dict[str, str] = {
     "near_ood": "fit on the known classes of a domain; its test split's unknown classes are OOD",
     "open_set_dg": "fit on the known classes of a domain; known vs unknown on every other domain",
     "far_ood": "fit on every class of a domain; the datasets in ood_data are OOD",
+    "corruptions": "few-shot on a domain, tested on its test split clean and under each "
+    "corruption x severity",
 }
 OOD_PROTOCOLS = ("near_ood", "open_set_dg", "far_ood")
 DEFAULT_KNOWN_CLASSES = 4
@@ -71,6 +74,9 @@ class BenchConfig:
     ood_data: dict[str, str] = field(default_factory=dict)  # far_ood: {name: path}
     detectors: tuple[str, ...] = ()  # () = every registered detector
     accept: float = 0.95  # validation share a calibrated threshold accepts
+    # corruptions protocol only
+    corruptions: tuple[str, ...] = (*COMMON, *EXTRA)  # ImageNet-C's 15, then the extras
+    severities: tuple[int, ...] = SEVERITIES
 
     def __post_init__(self) -> None:
         for name in ("data", "model", "templates", "device", "on_too_few", "selection"):
@@ -91,6 +97,10 @@ class BenchConfig:
         if "far_ood" in self.protocols and not self.ood_data:
             raise ValueError("protocol far_ood needs ood_data: {name: dataset path, ...}")
         self.detectors = tuple(_as_list("detectors", self.detectors, str))
+        self.corruptions = _corruptions(self.corruptions, "corruptions" in self.protocols)
+        self.severities = _positive_ints("severities", self.severities, minimum=1)
+        if max(self.severities) > max(SEVERITIES):
+            raise ValueError(f"severities must be 1-5, got {list(self.severities)}")
         self.augment = parse_augment(_as_list("augment", self.augment, str))
         for name, minimum in (("known_classes", 1), ("views", 0), ("split_seed", 0)):
             value = _require(name, getattr(self, name), int)
@@ -214,6 +224,20 @@ def _methods(value: Any) -> dict[str, dict[str, Any]]:
                 )
         return {str(k): dict(v or {}) for k, v in value.items()}
     return {name: {} for name in _as_list("methods", value, str)}
+
+
+def _corruptions(value: Any, used: bool) -> tuple[str, ...]:
+    """Corruption names in the suite's order; frost checked for its images when ``used``."""
+    names = _as_list("corruptions", value, str)
+    unknown = [n for n in names if n not in CORRUPTIONS]
+    if unknown or not names:
+        raise ValueError(f"corruptions {unknown or names}: use some of {', '.join(CORRUPTIONS)}")
+    if used and "frost" in names:
+        try:
+            frost_directory()
+        except FileNotFoundError as err:
+            raise ValueError(f"corruptions: {err}") from None
+    return tuple(n for n in CORRUPTIONS if n in names)
 
 
 def _ood_data(value: Any) -> dict[str, str]:

@@ -323,3 +323,74 @@ def detector_panels(
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
+
+
+# -- corruptions ----------------------------------------------------------------------------
+def corruption_heatmaps(
+    grids: Mapping[str, np.ndarray], corruptions: list[str], severities: list[int], title: str
+) -> Figure:
+    """acc1 (%) per corruption (rows) x severity (columns), one panel per method; NaN
+    (not run) left blank."""
+    columns = min(4, len(grids))
+    rows = -(-len(grids) // columns)
+    figure = Figure(
+        figsize=(
+            0.45 * len(severities) * columns + 2.4 * columns,
+            0.26 * len(corruptions) * rows + 1.0,
+        )
+    )
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat[len(grids) :]:
+        ax.axis("off")
+    image = None
+    for i, (ax, (method, grid)) in enumerate(zip(axes.flat, grids.items(), strict=False)):
+        image = ax.imshow(grid * 100, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        for r, c in np.ndindex(grid.shape):
+            if not np.isnan(grid[r, c]):
+                color = "black" if grid[r, c] > 0.6 else "white"
+                ax.text(
+                    c,
+                    r,
+                    f"{grid[r, c] * 100:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color=color,
+                )
+        ax.set_xticks(range(len(severities)), [str(s) for s in severities], fontsize=7)
+        ax.set_yticks(range(len(corruptions)), corruptions if i % columns == 0 else [], fontsize=7)
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("severity", fontsize=7)
+    if image is not None:
+        figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="acc1 (%)")
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def severity_curves(curves: Mapping[str, list[tuple[int, float, float]]], title: str) -> Figure:
+    """acc1 (%) against severity (0 = clean): one line per method, ``(severity, mean, std)``
+    points, error bars = std over seeds."""
+    colors = method_colors(list(curves))
+    figure = Figure(figsize=(5.6, 3.4))
+    ax = figure.subplots()
+    for method, points in curves.items():
+        if points:
+            x, y, err = zip(*points, strict=True)
+            ax.errorbar(
+                x,
+                np.asarray(y) * 100,
+                yerr=np.asarray(err) * 100,
+                marker="o",
+                ms=3,
+                lw=1.4,
+                capsize=2,
+                color=colors[method],
+                label=method,
+            )
+    ax.set_xlabel("severity (0 = clean)")
+    ax.set_ylabel("acc1 (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -13,6 +13,10 @@ Closed set (task ``fewshot_classification``):
   the method's transfer to new class embeddings. Novel (and the harmonic mean) is "not
   applicable" for methods that cannot score classes they were not fitted on.
 
+* ``corruptions``: support and validation from a domain's train split; test on its test
+  split clean (target ``clean``) and under every corruption x severity (targets ``fog@3``,
+  ..., views of :mod:`clipadapt.corruptions`). Few-shot data are never corrupted.
+
 Open set (task ``open_set``; classes sorted by id, the first ``known_classes`` known):
 
 * ``near_ood``: fit on the known classes of the source's train split; its test split's
@@ -34,6 +38,7 @@ from collections.abc import Sequence
 from clipadapt.data import ImageDataset
 from clipadapt.data.errors import DatasetError, quoted
 from clipadapt.pipeline.task import ALL, TEST, Images, Setting, Target
+from clipadapt.views import corruption_view_name
 
 # target roles, and the two headline numbers derived from targets
 IN_DOMAIN, OTHER_DOMAIN, HELD_OUT, BASE, NOVEL = (
@@ -46,6 +51,8 @@ IN_DOMAIN, OTHER_DOMAIN, HELD_OUT, BASE, NOVEL = (
 OTHERS_MEAN, HM = "other_domains_mean", "hm"
 NEAR_OOD, OPEN_SET_DG, FAR_OOD = "near_ood", "open_set_dg", "far_ood"
 OOD_PREFIX = "ood:"  # far-OOD datasets join the domains under this prefix
+CLEAN, CORRUPTED = "clean", "corrupted"  # roles of the corruptions protocol's targets
+CORRUPTION_MEAN, EXTRA_CORRUPTION_MEAN = "corruption_mean", "extra_corruption_mean"
 
 
 def as_domains(
@@ -89,10 +96,12 @@ def settings(
     *,
     known_classes: int = 4,
     ood_data: Sequence[str] = (),
+    corruptions: Sequence[str] = (),
+    severities: Sequence[int] = (),
 ) -> list[Setting]:
     """The settings ``protocol`` runs over ``chosen`` domains (sources, or held out for lodo;
     () = every domain). ``ood_data`` names the far-OOD datasets (in ``domains`` as
-    ``ood:<name>``)."""
+    ``ood:<name>``); ``corruptions`` x ``severities`` the corrupted targets."""
     names = [d for d in domains if not d.startswith(OOD_PREFIX)]
     unknown = [c for c in chosen if c not in names]
     if unknown:
@@ -119,6 +128,12 @@ def settings(
             targets = (
                 Target(name, IN_DOMAIN, Images(name, TEST)),
                 *(Target(d, OTHER_DOMAIN, Images(d, ALL)) for d in others),
+            )
+        elif protocol == "corruptions":
+            views = [corruption_view_name(c, s) for c in corruptions for s in severities]
+            targets = (
+                Target(CLEAN, CLEAN, Images(name, TEST)),
+                *(Target(v, CORRUPTED, Images(name, TEST, view=v)) for v in views),
             )
         elif protocol == "lodo":
             target = Target(name, HELD_OUT, Images(name, ALL))

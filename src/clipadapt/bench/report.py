@@ -18,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clipadapt.atomic import atomic_write, atomic_write_json, atomic_write_text
 from clipadapt.bench import plots
 from clipadapt.bench.aggregate import (
+    CE_BASELINE,
     DERIVED_TARGETS,
     PRIMARY_ROLES,
     ROLE_TITLES,
@@ -28,6 +31,7 @@ from clipadapt.bench.aggregate import (
     Cell,
     Key,
     aggregate,
+    corruption_errors,
     load_results,
     ordered,
     source_label,
@@ -41,10 +45,23 @@ from clipadapt.bench.ood_report import (
     ood_results,
     ood_tables,
 )
-from clipadapt.bench.protocols import BASE, HELD_OUT, HM, IN_DOMAIN, NOVEL, OTHERS_MEAN
+from clipadapt.bench.protocols import (
+    BASE,
+    CLEAN,
+    CORRUPTED,
+    CORRUPTION_MEAN,
+    EXTRA_CORRUPTION_MEAN,
+    HELD_OUT,
+    HM,
+    IN_DOMAIN,
+    NOVEL,
+    OTHERS_MEAN,
+)
 from clipadapt.bench.tables import Table, csv_text, fmt, html_table, markdown
+from clipadapt.corruptions import COMMON, CORRUPTIONS
 from clipadapt.methods import METHODS
 from clipadapt.pipeline.results import OPEN_SET_TASK, find_results
+from clipadapt.views import parse_corruption_view
 
 SHORT_ROLE = {
     IN_DOMAIN: "in",
@@ -53,6 +70,8 @@ SHORT_ROLE = {
     BASE: "base",
     NOVEL: "novel",
     HM: "HM",
+    CLEAN: "clean",
+    CORRUPTION_MEAN: "mCA",
 }
 RANKING_ROLE = {"base_to_novel": HM}
 SELECTION_TEXT = {
@@ -231,6 +250,8 @@ def section_tables(section: Section) -> list[Table]:
                     f"Source {label}: acc1 (%) per target at {top} shots", ["method", *names], rows
                 )
             )
+    if section.protocol == "corruptions":
+        tables += corruption_tables(section)
     fit = [[m] + [_median_fit_ms(section, m, k) for k in section.shots] for m in methods]
     header = ["method"] + [f"K={k}" for k in section.shots]
     tables.append(Table("Fit time (ms, median over runs)", header, fit))
@@ -344,6 +365,9 @@ def make_figures(sections: list[Section]) -> list[tuple[str, Any]]:
                 plots.shots_figure(s.cells, s.protocol, s.groups, s.methods, s.shots),
             )
         )
+        if s.protocol == "corruptions":  # per-target bars and confusions: 1 + C x S targets
+            figures += corruption_figures(s, stem)
+            continue
         figures.append(
             (
                 f"{stem}_domains.png",
@@ -359,6 +383,120 @@ def make_figures(sections: list[Section]) -> list[tuple[str, Any]]:
                 )
             )
     return figures
+
+
+# -- corruptions ------------------------------------------------------------------------------
+CORRUPTION_NOTE = (
+    "acc1 (%) on the source's test split, clean and under each corruption x severity "
+    "(clipadapt.corruptions: ImageNet-C's definitions on a 224 canvas); mean ± std over seeds. "
+    "mCA and mCE average ImageNet-C's 15 corruptions (those run); the extra ones are reported "
+    f"apart. CE = sum over severities of errors / the same for {CE_BASELINE} (same model and "
+    "split); relative CE uses errors minus the clean error (Hendrycks & Dietterich 2019). "
+    "100% = as robust as zero-shot, lower is better."
+)
+
+
+def _corruption_targets(section: Section, group: str) -> tuple[list[str], list[int]]:
+    """The corruptions (suite order) and severities run in ``group``."""
+    found = [
+        parsed
+        for k in section.cells
+        if k.group == group and k.role == CORRUPTED
+        if (parsed := parse_corruption_view(k.target))
+    ]
+    names = [c for c in CORRUPTIONS if c in {name for name, _ in found}]
+    return names, sorted({s for _, s in found})
+
+
+def corruption_grid(section: Section, group: str, method: str, shots: int) -> np.ndarray:
+    """Mean acc1 over seeds, corruption (rows) x severity (columns); NaN where missing."""
+    names, severities = _corruption_targets(section, group)
+    grid = np.full((len(names), len(severities)), np.nan)
+    for r, name in enumerate(names):
+        for c, severity in enumerate(severities):
+            cell = section.cell(group, CORRUPTED, method, shots, f"{name}@{severity}")
+            if cell is not None and cell.applicable:
+                grid[r, c] = cell.mean
+    return grid
+
+
+def corruption_tables(section: Section) -> list[Table]:
+    """Per source at the largest shot count: clean, mCA, extra mean, mCE and relative mCE
+    per method; then acc1 per corruption (mean over severities)."""
+    top, seeds, tables = section.shots[-1], section.max_seeds, []
+    for group in section.groups:
+        names, _ = _corruption_targets(section, group)
+        rows, per_corruption = [], []
+        for method in section.methods:
+            errors = corruption_errors(section.cells, group, method, top)
+            row = [method]
+            for role in (CLEAN, CORRUPTION_MEAN, EXTRA_CORRUPTION_MEAN):
+                row.append(cell_text(section.cell(group, role, method, top), seeds))
+            for values in (errors.mce, errors.relative_mce) if errors else ([], []):
+                row.append(fmt([v for v in values if v is not None], seeds) if values else "")
+            rows.append(row)
+            grid = corruption_grid(section, group, method, top)
+            per_corruption.append(
+                [method] + [f"{v * 100:.1f}" if v == v else "" for v in np.nanmean(grid, 1)]
+            )
+        header = ["method", "clean", "mCA (15)", "extra mean", "mCE", "relative mCE"]
+        title = f"Source {group}: robustness at {top} shots ({CORRUPTION_NOTE})"
+        tables.append(Table(title, header, rows))
+        common = sum(n in COMMON for n in names)
+        title = (
+            f"Source {group}: acc1 (%) per corruption at {top} shots, mean over severities "
+            f"({common} of ImageNet-C's 15 run)"
+        )
+        tables.append(Table(title, ["method", *names], per_corruption))
+    return tables
+
+
+def corruption_figures(section: Section, stem: str) -> list[tuple[str, Any]]:
+    """Per source at the largest shot count: a corruption x severity heat map per method, and
+    acc1 against severity (mean over the 15 corruptions run) per method."""
+    top, figures = section.shots[-1], []
+    for group in section.groups:
+        names, severities = _corruption_targets(section, group)
+        grids = {m: corruption_grid(section, group, m, top) for m in section.methods}
+        title = f"{section.dataset} {group}: acc1 (%) at {top} shots, mean over seeds"
+        figures.append(
+            (
+                f"{stem}_{_file_safe(group)}_heatmap.png",
+                plots.corruption_heatmaps(grids, names, severities, title),
+            )
+        )
+        curves = {m: _severity_curve(section, group, m, top, severities) for m in section.methods}
+        title = f"{section.dataset} {group}, {top} shots: mean over ImageNet-C's corruptions run"
+        figures.append(
+            (f"{stem}_{_file_safe(group)}_severity.png", plots.severity_curves(curves, title))
+        )
+    return figures
+
+
+def _severity_curve(
+    section: Section, group: str, method: str, shots: int, severities: list[int]
+) -> list[tuple[int, float, float]]:
+    """(severity, mean, std over seeds) of acc1 averaged over the 15 corruptions run; 0 is
+    the clean test split."""
+    names = [n for n in _corruption_targets(section, group)[0] if n in COMMON]
+    points = []
+    clean = section.cell(group, CLEAN, method, shots)
+    if clean is not None and clean.applicable:
+        points.append((0, clean.mean, clean.std))
+    for severity in severities:
+        cells = [section.cell(group, CORRUPTED, method, shots, f"{n}@{severity}") for n in names]
+        if not names or any(c is None or not c.applicable for c in cells):
+            continue
+        per_seed = defaultdict(list)
+        for cell in cells:
+            for seed, acc in zip(cell.seeds, cell.acc1, strict=True):
+                if acc is not None:
+                    per_seed[seed].append(acc)
+        means = [statistics.fmean(v) for v in per_seed.values() if len(v) == len(names)]
+        if means:
+            std = statistics.stdev(means) if len(means) > 1 else 0.0
+            points.append((severity, statistics.fmean(means), std))
+    return points
 
 
 def _file_safe(name: str) -> str:

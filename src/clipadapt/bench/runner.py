@@ -31,6 +31,10 @@ from tqdm.auto import tqdm
 from clipadapt.bench.config import OOD_PROTOCOLS, BenchConfig
 from clipadapt.bench.protocols import (
     BASE,
+    CLEAN,
+    CORRUPTED,
+    CORRUPTION_MEAN,
+    EXTRA_CORRUPTION_MEAN,
     HELD_OUT,
     HM,
     IN_DOMAIN,
@@ -42,6 +46,7 @@ from clipadapt.bench.protocols import (
     harmonic_mean,
     settings,
 )
+from clipadapt.corruptions import COMMON, EXTRA
 from clipadapt.data import ImageDataset, load_dataset
 from clipadapt.data.errors import DatasetError
 from clipadapt.feature_cache import FeatureCache
@@ -65,6 +70,7 @@ from clipadapt.pipeline.results import (
 )
 from clipadapt.pipeline.task import Setting, Splits, Target
 from clipadapt.prompts import make_prompt_set
+from clipadapt.views import CENTER, parse_corruption_view
 
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 UNLABELED_SOURCES = ("train_pool", "test")
@@ -149,6 +155,8 @@ def run_bench(
             config.sources,
             known_classes=config.known_classes,
             ood_data=list(config.ood_data),
+            corruptions=config.corruptions,
+            severities=config.severities,
         )
     ]
     splits = Splits(
@@ -280,11 +288,15 @@ class _Runner:
         experiment = self.experiment
         needed: dict[str, set[int]] = defaultdict(set)
         support: dict[str, set[int]] = defaultdict(set)
+        viewed: dict[tuple[str, str], set[int]] = defaultdict(set)  # named views of tests
         for setting in dict.fromkeys(run.setting for run, _ in pending):
             for target in setting.targets:
                 for images in (target.known, target.unknown):
                     if images is not None:
                         needed[images.domain].update(experiment.splits.indices(images))
+                        if images.view != CENTER:
+                            key = (images.domain, images.view)
+                            viewed[key].update(experiment.splits.indices(images))
         for run, run_config in pending:
             for source in run.setting.sources:
                 few = experiment.splits.few_shot(source, run.shots, run.seed)
@@ -298,6 +310,8 @@ class _Runner:
             bank.ensure(experiment.domains[domain], indices)
         for domain, indices in sorted(support.items()):
             bank.prefetch_views(experiment.domains[domain], sorted(indices), self.config.views)
+        for (domain, view), indices in viewed.items():
+            bank.prefetch_view(experiment.domains[domain], sorted(indices), view)
 
     def execute(self, pending: Pending, summary: BenchSummary, progress: bool) -> None:
         """Run ``pending``, gathering each sample's features (and fitting the detectors of
@@ -483,16 +497,26 @@ def _remove_empty_dirs(root: Path) -> None:
 
 
 def summarize(targets: tuple[Target, ...], metrics: dict[str, Any]) -> dict[str, float | None]:
-    """Headline acc1 per role: in_domain, other_domains_mean, held_out, base, novel, hm."""
+    """Headline acc1 per role: in_domain, other_domains_mean, held_out, base, novel, hm;
+    clean, corruption_mean (over ImageNet-C's 15 corruptions present, every severity) and
+    extra_corruption_mean (over the held-out extra corruptions present)."""
     acc = {t.name: (metrics[t.name] or {}).get("acc1") for t in targets}
     summary: dict[str, float | None] = {}
-    for role in (IN_DOMAIN, HELD_OUT, BASE, NOVEL):
+    for role in (IN_DOMAIN, HELD_OUT, BASE, NOVEL, CLEAN):
         for t in targets:
             if t.role == role:
                 summary[role] = acc[t.name]
     others = [acc[t.name] for t in targets if t.role == OTHER_DOMAIN]
     if others:
         summary[OTHERS_MEAN] = sum(others) / len(others)
+    for label, suite in ((CORRUPTION_MEAN, COMMON), (EXTRA_CORRUPTION_MEAN, EXTRA)):
+        cells = [
+            acc[t.name]
+            for t in targets
+            if t.role == CORRUPTED and (parse_corruption_view(t.known.view) or ("",))[0] in suite
+        ]
+        if cells:
+            summary[label] = None if None in cells else sum(cells) / len(cells)
     if BASE in summary:
         base, novel = summary[BASE], summary.get(NOVEL)
         summary[HM] = None if base is None or novel is None else harmonic_mean(base, novel)

@@ -108,7 +108,9 @@ class Experiment:
         return self.bank.readable(self.domains[images.domain], self.splits.indices(images))
 
     def rows(self, images: Images, bank: FeatureBank | None = None) -> torch.Tensor:
-        return (bank or self.bank).rows(self.domains[images.domain], self.readable(images))
+        """Features of ``images`` under their view (unreadable images left out)."""
+        dataset = self.domains[images.domain]
+        return (bank or self.bank).view_rows(dataset, self.readable(images), images.view)
 
     def labels(self, images: Images, classes: tuple[int, ...] | None) -> torch.Tensor:
         """Labels of ``images`` relative to ``classes`` (``OOD_LABEL`` outside them)."""
@@ -132,9 +134,8 @@ class Experiment:
         rows, paths = [], []
         for target in setting.targets:
             dataset = self.domains[target.known.domain]
-            indices = self.readable(target.known)
-            rows.append(self.bank.rows(dataset, indices))
-            paths += [str(dataset.samples[i].path) for i in indices]
+            rows.append(self.rows(target.known))
+            paths += [str(dataset.samples[i].path) for i in self.readable(target.known)]
         return dataclasses.replace(data, unlabeled=torch.cat(rows), unlabeled_paths=paths)
 
     # -- fitting --------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Image features held in memory by dataset index, read through the feature cache once.
 
-The runner asks for rows by dataset index; the bank embeds each image's plain view once and
-augmented views only for the images that need them (the support sets), so a grid of methods
-x shots x seeds costs one pass over the cache.
+The runner asks for rows by dataset index; the bank embeds each image's plain view once,
+augmented views only for the images that need them (the support sets) and other named views
+(corruptions) only for the images tested under them, so a grid of methods x shots x seeds
+costs one pass over the cache.
 """
 
 from __future__ import annotations
@@ -89,19 +90,30 @@ class FeatureBank:
             raise DatasetError(f"no features for unreadable image(s) {bad[:3]}; filter them first")
         return table[indices]
 
+    def prefetch_view(self, dataset: ImageDataset, indices: list[int], view: str) -> None:
+        """Embed ``view`` of the readable ``indices`` (through the cache) in one pass."""
+        store = self._views.setdefault((dataset.name, view), {})
+        todo = sorted(set(self.readable(dataset, indices)) - store.keys())
+        if todo:
+            feats = self._embed(dataset, todo, view)
+            store.update(zip((todo[i] for i in feats.indices), feats.features, strict=True))
+
+    def view_rows(self, dataset: ImageDataset, indices: list[int], view: str) -> torch.Tensor:
+        """Features (len(indices), D) of readable images under ``view``."""
+        if view == CENTER:
+            return self.rows(dataset, indices)
+        self.prefetch_view(dataset, indices, view)
+        store = self._views[(dataset.name, view)]
+        if not indices:
+            return torch.zeros(0, self.backend.embed_dim)
+        return torch.stack([store[i] for i in indices])
+
     def prefetch_views(self, dataset: ImageDataset, indices: list[int], count: int) -> None:
         """Embed ``aug0``..``aug{count-1}`` of ``indices`` (through the cache) in one pass each."""
         for v in range(count):
-            view = augmented_view_name(v, self.augment)
-            store = self._views.setdefault((dataset.name, view), {})
-            todo = sorted(set(self.readable(dataset, indices)) - store.keys())
-            if todo:
-                feats = self._embed(dataset, todo, view)
-                store.update(zip((todo[i] for i in feats.indices), feats.features, strict=True))
+            self.prefetch_view(dataset, indices, augmented_view_name(v, self.augment))
 
     def views(self, dataset: ImageDataset, indices: list[int], count: int) -> torch.Tensor:
         """Augmented-view features (count, len(indices), D)."""
-        self.prefetch_views(dataset, indices, count)
         names = [augmented_view_name(v, self.augment) for v in range(count)]
-        stores = [self._views[(dataset.name, name)] for name in names]
-        return torch.stack([torch.stack([store[i] for i in indices]) for store in stores])
+        return torch.stack([self.view_rows(dataset, indices, name) for name in names])

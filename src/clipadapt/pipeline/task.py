@@ -2,7 +2,8 @@
 
 A :class:`Setting` names the source domains a method is fitted on (only ``classes`` of them)
 and its :class:`Target` s. A target scores ``known`` images (a part of a domain, over some
-classes) and, for open-set targets, ``unknown`` ones that the method must reject. Protocols
+classes, under a view: the plain one, or a corruption ``fog@3``) and, for open-set targets,
+``unknown`` ones that the method must reject. Protocols
 (``clipadapt.bench.protocols``) and ``clipadapt adapt`` only build settings; the pipeline
 runs them all the same way.
 
@@ -16,17 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipadapt.data import FewShotSplit, ImageDataset, Split, few_shot, train_test_split
+from clipadapt.views import CENTER
 
 TEST, ALL = "test", "all"  # parts of a domain a target scores
 
 
 @dataclass(frozen=True)
 class Images:
-    """``part`` ("test" split or "all" images) of ``domain``, only ``classes`` (None: all)."""
+    """``part`` ("test" split or "all" images) of ``domain``, only ``classes`` (None: all),
+    seen under ``view`` (``clipadapt.views``)."""
 
     domain: str
     part: str
     classes: tuple[int, ...] | None = None
+    view: str = CENTER
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class Target:
             "part": self.known.part,
             "classes": None if self.known.classes is None else list(self.known.classes),
         }
+        if self.known.view != CENTER:  # plain-view targets keep the hash they always had
+            out["view"] = self.known.view
         if self.unknown is not None:
             out["unknown"] = {
                 "domain": self.unknown.domain,
