@@ -145,3 +145,20 @@ def test_corruption_views_are_cached_under_their_own_key(fake_backend, image_fol
     assert fake_backend.forwards == forwards and again.cached == len(paths)
     assert np.array_equal(again.features.numpy(), fogged.features.numpy())
     assert not np.allclose(clean.features.numpy(), fogged.features.numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("style", ["grayscale", "edges", "posterize"])
+def test_style_views_are_deterministic_and_keyed_apart(photo, style):
+    a = np.asarray(corrupt_view(photo, "hash-a", style))
+    assert a.shape == (CANVAS, CANVAS, 3)
+    assert np.array_equal(a, np.asarray(corrupt_view(photo, "hash-b", style)))  # no randomness
+    assert not np.array_equal(a, np.asarray(photo.resize((CANVAS, CANVAS))))
+    assert corruptions.STYLE_VERSION in view_key(style) and view_key(style) != view_key("center")
+
+
+def test_crafted_shifts_are_valid_views_outside_the_test_suite():
+    from clipadapt.views import CRAFTED_SHIFTS
+
+    keys = {view_key(v) for v in CRAFTED_SHIFTS}  # every one parses
+    assert len(keys) == len(CRAFTED_SHIFTS)
+    assert {"grayscale", "edges", "posterize"} <= set(CRAFTED_SHIFTS)

@@ -18,6 +18,10 @@ changed fraction agrees) and at most 1 grey level of float rounding before trunc
   from that installed package's folder (``pip install --no-deps imagecorruptions``; it is
   never imported). It resizes them with PIL's bicubic, where the reference uses OpenCV's.
 
+``STYLES`` are style changes without severity for crafted validation shifts (``grayscale``,
+``edges``: dark Sobel edges on white, ``posterize``: 2 bits per channel); ``STYLE_VERSION``
+keys their cache entries.
+
 Images are corrupted on a ``CANVAS`` x ``CANVAS`` RGB canvas (the constants are in pixels of
 ImageNet-C's 224 crops); ``corrupt`` returns uint8, truncated as the package does.
 """
@@ -35,6 +39,7 @@ from PIL import Image
 
 VERSION = "imagenet-c/imagecorruptions-1.1.2/v1"
 """Part of every corruption view's cache key: change it whenever a definition changes."""
+STYLE_VERSION = "style/v1"
 CANVAS = 224
 SEVERITIES = (1, 2, 3, 4, 5)
 COMMON = (
@@ -421,4 +426,36 @@ CORRUPTIONS: dict[str, Corruption] = {
     "speckle_noise": speckle_noise,
     "gaussian_blur": gaussian_blur,
     "saturate": saturate,
+}
+
+
+def grayscale(x: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma (PIL's ``L``) in all three channels."""
+    gray = np.asarray(Image.fromarray(x).convert("L"))
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def edges(x: np.ndarray) -> np.ndarray:
+    """Edges only: the Sobel gradient magnitude of the luma, dark on white, scaled so the
+    99th percentile is black."""
+    from scipy.ndimage import sobel
+
+    gray = grayscale(x)[..., 0].astype(np.float64)
+    magnitude = np.hypot(sobel(gray, axis=0), sobel(gray, axis=1))
+    scale = max(float(np.percentile(magnitude, 99)), 1e-6)
+    out = 255 * (1 - np.clip(magnitude / scale, 0, 1))
+    return np.repeat(out.astype(np.uint8)[..., None], 3, axis=2)
+
+
+def posterize(x: np.ndarray) -> np.ndarray:
+    """2 bits per channel (PIL's ``ImageOps.posterize``)."""
+    from PIL import ImageOps
+
+    return np.asarray(ImageOps.posterize(Image.fromarray(x), 2))
+
+
+STYLES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "grayscale": grayscale,
+    "edges": edges,
+    "posterize": posterize,
 }

@@ -6,7 +6,8 @@ DEFAULT_VIEWS = 4
 cheap (4 x ~1,000 support images for PACS-100 at ~35 img/s) while giving the trained methods
 some augmentation; results record the number."""
 
-SELECTION_MODES = ("validation", "cv")
-"""How searched hyperparameters are chosen: accuracy on the few-shot validation set, or
+SELECTION_MODES = ("validation", "cv", "crafted_shift")
+"""How searched hyperparameters are chosen: accuracy on the few-shot validation set,
 stratified k-fold cross-validation over the labelled few-shot images (support + validation
-pooled, never test)."""
+pooled, never test), or accuracy on the validation images under crafted shifts
+(``clipadapt.views.CRAFTED_SHIFTS``: style changes and corruptions; no target data)."""

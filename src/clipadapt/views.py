@@ -12,7 +12,13 @@ bicubic; centre crop), corrupts that 224 x 224 canvas, ImageNet-C's, with number
 a generator seeded by the image's content hash and the view name, then hands it to the
 backend's preprocessing (for a 224 tower only the normalisation is left to do; another
 input size resizes the corrupted canvas). Its cache key carries the corruption definitions'
-``VERSION``.
+``VERSION``. A style view (``grayscale``, ``edges``, ``posterize``) is framed the same way
+and has no severity.
+
+``CRAFTED_SHIFTS`` is the fixed list of views that ``selection: crafted_shift`` validates
+on (after "Crafting distribution shifts for validation", single-source DG): three style
+changes and five corruptions at severity 3, all outside ImageNet-C's 15 test corruptions
+except ``contrast`` and ``pixelate`` (there is no overlap with a domain-shift test set).
 """
 
 from __future__ import annotations
@@ -54,6 +60,18 @@ def augmented_view_name(index: int, augment: tuple[str, ...] = DEFAULT_AUGMENT) 
     return f"aug{index}{recipe}"
 
 
+CRAFTED_SHIFTS = (
+    "grayscale",
+    "edges",
+    "posterize",
+    "gaussian_blur@3",
+    "speckle_noise@3",
+    "saturate@3",
+    "contrast@3",
+    "pixelate@3",
+)
+
+
 def corruption_view_name(corruption: str, severity: int) -> str:
     return f"{corruption}@{severity}"
 
@@ -73,8 +91,9 @@ def _recipe(view: str) -> tuple[str, ...]:
     name, _, recipe = view.partition("@")
     if not name.startswith("aug") or not name[3:].isdigit():
         raise ValueError(
-            f"unknown view {view!r}: use 'center', 'aug<i>' (aug0, aug1, ...) or "
-            "'<corruption>@<severity>' (gaussian_noise@3, ...)"
+            f"unknown view {view!r}: use 'center', 'aug<i>' (aug0, aug1, ...), "
+            "'<corruption>@<severity>' (gaussian_noise@3, ...) or a style (grayscale, edges, "
+            "posterize)"
         )
     return parse_augment(recipe.replace("+", ",")) if recipe else DEFAULT_AUGMENT
 
@@ -86,6 +105,8 @@ def view_key(view: str) -> str:
         return view
     if parse_corruption_view(view):
         return f"{view}:{corruptions.VERSION}:canvas{corruptions.CANVAS}"
+    if view in corruptions.STYLES:
+        return f"{view}:{corruptions.STYLE_VERSION}:canvas{corruptions.CANVAS}"
     return f"{view}:{'+'.join(AUGMENTATIONS[n] for n in _recipe(view))}"
 
 
@@ -106,11 +127,13 @@ def augment(image: Image.Image, content_hash: str, view: str) -> Image.Image:
 
 
 def corrupt_view(image: Image.Image, content_hash: str, view: str) -> Image.Image:
-    """The 224 x 224 corrupted canvas of corruption view ``view`` (see the module notes)."""
+    """The 224 x 224 canvas of corruption or style view ``view`` (see the module notes)."""
     parsed = parse_corruption_view(view)
-    if parsed is None:
-        raise ValueError(f"{view!r} is not a corruption view")
+    if parsed is None and view not in corruptions.STYLES:
+        raise ValueError(f"{view!r} is not a corruption or style view")
     canvas = np.asarray(resize_center_crop(image.convert("RGB"), corruptions.CANVAS))
+    if parsed is None:
+        return Image.fromarray(corruptions.STYLES[view](canvas))
     rng = np.random.default_rng(_seed(content_hash, view))
     return Image.fromarray(corruptions.corrupt(canvas, *parsed, rng))
 
@@ -140,8 +163,8 @@ def view_transform(
     if view == CENTER:
         return lambda image, _content: preprocess(image)
     parsed = parse_corruption_view(view)
-    if parsed is not None:
-        if parsed[0] == "frost":
+    if parsed is not None or view in corruptions.STYLES:
+        if parsed is not None and parsed[0] == "frost":
             corruptions.frost_directory()  # fails now, not at the first image
         return lambda image, content: preprocess(corrupt_view(image, content, view))
     _recipe(view)  # checks the name

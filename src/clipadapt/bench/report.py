@@ -77,6 +77,8 @@ RANKING_ROLE = {"base_to_novel": HM}
 SELECTION_TEXT = {
     "validation": "on the few-shot validation set (min(K, 4) per class)",
     "cv": "by k-fold cross-validation over the support and validation images",
+    "crafted_shift": "on the few-shot validation set under crafted shifts (style changes and "
+    "corruptions, clipadapt.views.CRAFTED_SHIFTS)",
 }
 FIGURE_MANIFEST = ".clipadapt-report-figures.json"  # the figures the last report wrote
 OOD_NOTE = (

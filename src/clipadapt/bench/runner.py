@@ -54,7 +54,7 @@ from clipadapt.methods import METHODS, DataKind, Method
 from clipadapt.models.base import Backend
 from clipadapt.ood import DETECTORS
 from clipadapt.pipeline.experiment import Experiment, Fitted
-from clipadapt.pipeline.fitting import reads_unlabeled, unlabeled_indices, views_given
+from clipadapt.pipeline.fitting import reads_unlabeled, score, unlabeled_indices, views_given
 from clipadapt.pipeline.openset import summarize_open_set
 from clipadapt.pipeline.results import (
     RESULT_SCHEMA,
@@ -70,7 +70,7 @@ from clipadapt.pipeline.results import (
 )
 from clipadapt.pipeline.task import Setting, Splits, Target
 from clipadapt.prompts import make_prompt_set
-from clipadapt.views import CENTER, parse_corruption_view
+from clipadapt.views import CENTER, CRAFTED_SHIFTS, parse_corruption_view
 
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 UNLABELED_SOURCES = ("train_pool", "test")
@@ -301,6 +301,9 @@ class _Runner:
             for source in run.setting.sources:
                 few = experiment.splits.few_shot(source, run.shots, run.seed)
                 needed[source].update(few.support + few.val)
+                if self.config.selection == "crafted_shift":
+                    for view in CRAFTED_SHIFTS:
+                        viewed[(source, view)].update(few.val)
                 if run_config["views"]:
                     support[source].update(few.support)
                 if reads_unlabeled(self.methods[run.method]):
@@ -373,7 +376,24 @@ class _Runner:
             metrics=metrics,
             targets=targets,
             summary=summarize(run.setting.targets, metrics),
+            selection_acc1=self._selection_acc1(fitted),
         )
+
+    def _selection_acc1(self, fitted: Fitted) -> dict[str, float] | None:
+        """acc1 on the plain and the crafted validation sets (crafted_shift selection, methods
+        that score the backend's features)."""
+        data = fitted.data
+        if data.crafted_val is None or fitted.bank is not self.experiment.bank:
+            return None
+        sets = {
+            "validation": (data.val, data.val_labels),
+            "crafted_shift": (data.crafted_val, data.crafted_val_labels),
+        }
+        out = {}
+        for name, (features, labels) in sets.items():
+            metrics, _ = score(fitted.method.predict_logits, features, labels.numpy())
+            out[name] = metrics["acc1"]
+        return out
 
     def _open_set(
         self,

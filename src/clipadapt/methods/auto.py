@@ -16,7 +16,9 @@ largest grids (the maximum of 960 noisy Tip-Adapter scores is biased upwards). T
 is fitted on ``FitData`` as given (support, views and validation, as it reads them),
 choosing its own hyperparameters by ``FitData.selection``, and predictions delegate to it.
 With fewer than two labelled images in some class there are no folds and the first
-candidate is used.
+candidate is used. With ``FitData.selection == "crafted_shift"`` candidates are scored
+instead by their acc1 on the validation set as given (the validation images under crafted
+shifts), fitted on the support set (and views) at their preferred hyperparameters.
 
 ``selected["method"]`` records the choice and every candidate's score; the chosen method's
 own records follow. Saving writes the chosen method's directory (``load_method`` returns the
@@ -35,7 +37,7 @@ import torch
 from clipadapt.estimator import NotFittedError
 from clipadapt.methods.base import DataKind, FitData, Method
 from clipadapt.methods.clip_adapter import ClipAdapter
-from clipadapt.methods.common import check_fit_data
+from clipadapt.methods.common import check_fit_data, validation_set
 from clipadapt.methods.gda import GDA
 from clipadapt.methods.linear import LinearProbe, ZeroShotLinearProbe
 from clipadapt.methods.ncm import NearestClassMean
@@ -88,9 +90,27 @@ class Auto(Method):
     def _fit(self, data: FitData) -> None:
         check_fit_data(self, data)
         names = list(self.candidates or CANDIDATES)
-        folds = cv_folds(data)
+        crafted = data.selection == "crafted_shift" and validation_set(data) is not None
+        folds = [] if crafted else cv_folds(data)
         scores = {}
-        if folds:
+        if crafted:
+            support = data.only(frozenset({DataKind.SUPPORT, DataKind.SUPPORT_VIEWS}))
+            for name in names:
+                cls = CANDIDATES[name]
+                candidate = at_preferred(cls).fit(support.only(cls.reads))
+                scores[name] = float(
+                    (candidate.predict(data.val_features) == data.val_labels).float().mean()
+                )
+            best = max(scores.values())
+            choice = next(name for name in names if scores[name] == best)
+            record = {
+                "value": choice,
+                "how": "acc1 on the validation images under crafted shifts, candidates fitted "
+                "on the support set at their preferred hyperparameters; ties to the earlier one",
+                "mode": "crafted_shift",
+                "candidates": scores,
+            }
+        elif folds:
             for name in names:
                 correct = 0
                 for fold, held, labels in folds:

@@ -54,8 +54,10 @@ class FitData:
     ``class_embeddings`` are the zero-shot classifier (one normalised text embedding per
     class, prompt-ensembled); ``logit_scale`` is the backend's temperature (CLIP: 100).
     ``selection`` says how searched hyperparameters are chosen: ``"validation"`` (accuracy
-    on the validation set) or ``"cv"`` (stratified k-fold cross-validation over support and
-    validation images pooled); see :mod:`clipadapt.methods.selection`.
+    on the validation set), ``"cv"`` (stratified k-fold cross-validation over support and
+    validation images pooled) or ``"crafted_shift"`` (accuracy on the validation set, which
+    the runner fills with the validation images under crafted shifts); see
+    :mod:`clipadapt.methods.selection`.
     """
 
     class_embeddings: torch.Tensor  # (C, D)

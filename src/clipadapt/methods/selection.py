@@ -10,6 +10,8 @@ test split is never part of it:
   model fitted on the support set (and views). Ties go to the preferred point when it is
   among the best, else to the first best point in grid order. Without a validation set every
   point ties: the preferred value is used (the grid's first value when it lacks it).
+* ``"crafted_shift"``: as ``"validation"``, on the validation set the runner gives, which is
+  then the few-shot validation images under crafted shifts (``clipadapt.views.CRAFTED_SHIFTS``).
 * ``"cv"``: stratified k-fold cross-validation over the labelled few-shot images, support
   and validation pooled (plain features only: a held-out image's augmented views would leak
   it into the training folds), ``k = min(5, smallest class count)``, folds seeded by
@@ -43,6 +45,7 @@ Searchable = float | Sequence[float] | None
 Grid = dict[str, tuple[float, ...]]
 Position = tuple[int, ...]
 MAX_FOLDS = 5
+CRAFTED_HOW = "acc1 on the validation images under crafted shifts"
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,8 @@ class SearchedMethod(Method):
                     f"{self.name}: validation logits cover grid {tuple(accs.shape)}, not {sizes}"
                 )
             position = self._validation_choice(accs, grid, searched)
-            self._record(grid, searched, position, "validation", "validation acc1", val_acc1=accs)
+            how = CRAFTED_HOW if data.selection == "crafted_shift" else "validation acc1"
+            self._record(grid, searched, position, data.selection, how, val_acc1=accs)
         if fit is None:  # the final model fitted at the chosen point only
             point = zip(grid.items(), position, strict=True)
             fit = self._fit_grid(data, {name: (values[i],) for (name, values), i in point})

@@ -42,7 +42,7 @@ from clipadapt.pipeline.fitting import (
 from clipadapt.pipeline.openset import FeatureSet, OpenSetEvaluation, evaluate_open_set
 from clipadapt.pipeline.task import Images, Setting, Splits, Target
 from clipadapt.prompts import PromptSet, class_embeddings
-from clipadapt.views import DEFAULT_AUGMENT
+from clipadapt.views import CRAFTED_SHIFTS, DEFAULT_AUGMENT
 
 
 @dataclass
@@ -127,6 +127,7 @@ class Experiment:
             views=views,
             unlabeled=unlabeled,
             classes=setting.classes,
+            crafted=CRAFTED_SHIFTS if self.selection == "crafted_shift" else (),
         )
 
     def with_test_unlabeled(self, data: FewShotData, setting: Setting) -> FewShotData:

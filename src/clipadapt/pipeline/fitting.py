@@ -54,6 +54,8 @@ class FewShotData:
     views: torch.Tensor | None = None  # (V, N, D)
     unlabeled: torch.Tensor | None = None
     unlabeled_paths: list[str] | None = None
+    crafted_val: torch.Tensor | None = None  # the validation images under crafted shifts
+    crafted_val_labels: torch.Tensor | None = None
 
 
 def unlabeled_indices(split: FewShotSplit) -> list[int]:
@@ -69,10 +71,12 @@ def gather(
     views: int = 0,
     unlabeled: bool = False,
     classes: Sequence[int] | None = None,
+    crafted: Sequence[str] = (),
 ) -> FewShotData:
     """Concatenate the splits' support and validation sets (and, with ``unlabeled``, the rest
     of their training pools), keeping ``classes`` relabelled 0..len-1 in that order (None
-    keeps every class); ``views`` augmented views of each support image."""
+    keeps every class); ``views`` augmented views of each support image; the validation
+    images under each of the ``crafted`` views (view-major) as ``crafted_val``."""
     parts: dict[str, list] = defaultdict(list)
     for split in splits:
         dataset, labels = split.dataset, split.dataset.labels
@@ -87,6 +91,10 @@ def gather(
             parts[f"{part}_paths"] += [str(dataset.samples[i].path) for i in kept]
             if part == "support" and views:
                 parts["views"].append(bank.views(dataset, kept, views))
+            if part == "val":
+                for view in crafted:
+                    parts["crafted_val"].append(bank.view_rows(dataset, kept, view))
+                    parts["crafted_val_labels"].append(parts["val_labels"][-1])
     return FewShotData(
         support=torch.cat(parts["support"]),
         support_labels=torch.cat(parts["support_labels"]),
@@ -96,6 +104,8 @@ def gather(
         views=torch.cat(parts["views"], dim=1) if views else None,
         unlabeled=torch.cat(parts["unlabeled"]) if unlabeled else None,
         unlabeled_paths=parts["unlabeled_paths"] if unlabeled else None,
+        crafted_val=torch.cat(parts["crafted_val"]) if crafted else None,
+        crafted_val_labels=torch.cat(parts["crafted_val_labels"]) if crafted else None,
     )
 
 
@@ -116,7 +126,11 @@ def fit_data(
 ) -> FitData:
     """The ``FitData`` for ``method``: only the kinds it ``reads`` are filled in. Unlabeled
     images are the training pool's unless the caller says they include test images;
-    ``selection`` is how searched hyperparameters are chosen ("validation" or "cv")."""
+    ``selection`` is how searched hyperparameters are chosen ("validation", "cv", or
+    "crafted_shift": the validation set is then ``data.crafted_val``)."""
+    crafted = selection == "crafted_shift"
+    if crafted and data.crafted_val is None:
+        raise ValueError("selection crafted_shift: gather the validation set's crafted views")
     return FitData(
         class_embeddings=class_embeddings,
         logit_scale=logit_scale,
@@ -124,8 +138,8 @@ def fit_data(
         support_features=data.support,
         support_labels=data.support_labels,
         support_views=data.views,
-        val_features=data.val,
-        val_labels=data.val_labels,
+        val_features=data.crafted_val if crafted else data.val,
+        val_labels=data.crafted_val_labels if crafted else data.val_labels,
         unlabeled_features=data.unlabeled,
         unlabeled_paths=data.unlabeled_paths,
         unlabeled_includes_test=unlabeled_includes_test,

@@ -134,9 +134,13 @@ class RunResult:
 
 @dataclass(kw_only=True)
 class ClassificationResult(RunResult):
-    """Closed-set accuracy per target (``metrics[target]`` is None where not applicable)."""
+    """Closed-set accuracy per target (``metrics[target]`` is None where not applicable);
+    under ``selection: crafted_shift`` also ``selection_acc1``, the fitted method's acc1 on
+    the few-shot validation set plain (``validation``) and under the crafted shifts
+    (``crafted_shift``): what model selection may compare, never test data."""
 
     task: ClassVar[str] = CLASSIFICATION_TASK
+    selection_acc1: dict[str, float] | None = None
 
 
 @dataclass(kw_only=True)
