@@ -162,3 +162,17 @@ def test_crafted_shifts_are_valid_views_outside_the_test_suite():
     keys = {view_key(v) for v in CRAFTED_SHIFTS}  # every one parses
     assert len(keys) == len(CRAFTED_SHIFTS)
     assert {"grayscale", "edges", "posterize"} <= set(CRAFTED_SHIFTS)
+
+
+def test_strong_augmentation_adds_a_seeded_crafted_shift(photo):
+    from clipadapt.views import augment, augmented_view_name, parse_augment
+
+    recipe = parse_augment("crop,flip,shift")
+    strong = augmented_view_name(0, recipe)
+    assert strong == "aug0@crop+flip+shift" and "crafted:" in view_key(strong)
+    assert view_key(strong) != view_key("aug0")
+    a = np.asarray(augment(photo, "hash-a", strong))
+    assert np.array_equal(a, np.asarray(augment(photo, "hash-a", strong)))
+    assert a.shape == (CANVAS, CANVAS, 3)  # the shift works on the tower's canvas
+    plain = np.asarray(augment(photo, "hash-a", "aug0"))
+    assert plain.shape != a.shape or not np.array_equal(plain, a)

@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--augment",
         default="crop,flip",
-        help="transforms of the augmented views, comma-separated: crop, flip (default: both; "
-        "drop flip for digits and text)",
+        help="transforms of the augmented views, comma-separated: crop, flip, shift (a crafted "
+        "style change or corruption; default: crop,flip; drop flip for digits and text)",
     )
     p.add_argument(
         "--selection",
@@ -198,7 +198,10 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--views", type=int, help=f"augmented views per image (default: {DEFAULT_VIEWS})"
     )
-    p.add_argument("--augment", help="transforms of the augmented views (default: crop,flip)")
+    p.add_argument(
+        "--augment",
+        help="transforms of the augmented views: crop, flip, shift (default: crop,flip)",
+    )
     p.add_argument("--split-seed", type=int, help="train/test split seed (default: 1)")
     p.add_argument("--test-fraction", type=float, help="test share per class (default: 0.3)")
     p.add_argument("--templates", help="template set or file (default: default)")

@@ -4,7 +4,10 @@ An augmented view ``aug<i>`` is a random resized crop and horizontal flip whose 
 come from a generator seeded by the image's content hash and ``i``, so the same image always
 gets the same view, whichever thread or process computes it. Another recipe (a subset of
 ``AUGMENTATIONS``, e.g. crops only for digits and text, which a mirror changes) is part of the
-view's name, ``aug<i>@crop``, and so of its cache key.
+view's name, ``aug<i>@crop``, and so of its cache key. The strong recipe item ``shift``
+(``aug<i>@crop+flip+shift``) then applies one of ``CRAFTED_SHIFTS``, drawn by the same
+generator: training on the crafted shifts, where ``selection: crafted_shift`` validates
+on them.
 
 A corruption view ``<corruption>@<severity>`` (``fog@3``; see :mod:`clipadapt.corruptions`)
 frames the image as the plain view of a 224-pixel tower does (short side resized to 224,
@@ -38,9 +41,25 @@ if TYPE_CHECKING:
     import torch
 
 CENTER = "center"
+CRAFTED_SHIFTS = (
+    "grayscale",
+    "edges",
+    "posterize",
+    "gaussian_blur@3",
+    "speckle_noise@3",
+    "saturate@3",
+    "contrast@3",
+    "pixelate@3",
+)
 AUG_SCALE = (0.5, 1.0)
 AUG_RATIO = (3 / 4, 4 / 3)
-AUGMENTATIONS = {"crop": f"rrc{AUG_SCALE}{AUG_RATIO}", "flip": "hflip"}
+AUGMENTATIONS = {
+    "crop": f"rrc{AUG_SCALE}{AUG_RATIO}",
+    "flip": "hflip",
+    "shift": "crafted:"
+    + ",".join(CRAFTED_SHIFTS)
+    + f":{corruptions.VERSION}+{corruptions.STYLE_VERSION}",
+}
 DEFAULT_AUGMENT = ("crop", "flip")
 
 
@@ -58,18 +77,6 @@ def parse_augment(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
 def augmented_view_name(index: int, augment: tuple[str, ...] = DEFAULT_AUGMENT) -> str:
     recipe = "" if augment == DEFAULT_AUGMENT else "@" + "+".join(augment)
     return f"aug{index}{recipe}"
-
-
-CRAFTED_SHIFTS = (
-    "grayscale",
-    "edges",
-    "posterize",
-    "gaussian_blur@3",
-    "speckle_noise@3",
-    "saturate@3",
-    "contrast@3",
-    "pixelate@3",
-)
 
 
 def corruption_view_name(corruption: str, severity: int) -> str:
@@ -115,14 +122,17 @@ def _seed(content_hash: str, view: str) -> int:
 
 
 def augment(image: Image.Image, content_hash: str, view: str) -> Image.Image:
-    """A random resized crop (scale 0.5-1, aspect 3/4-4/3) and a coin-flip mirror, or the
-    subset of them the view's recipe names."""
+    """A random resized crop (scale 0.5-1, aspect 3/4-4/3), a coin-flip mirror and one
+    crafted shift, or the subset of them the view's recipe names (by default crop and flip)."""
     recipe = _recipe(view)
     rng = np.random.default_rng(_seed(content_hash, view.partition("@")[0]))
     if "crop" in recipe:
         image = _crop(image, rng)
     if "flip" in recipe and rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # as torchvision's hflip
+    if "shift" in recipe:
+        shift = CRAFTED_SHIFTS[int(rng.integers(len(CRAFTED_SHIFTS)))]
+        image = corrupt_view(image, f"{content_hash}|{view}", shift)
     return image
 
 
