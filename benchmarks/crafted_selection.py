@@ -18,7 +18,8 @@ hyperparameters):
 
 Ties go to the variant listed first in the config. The table gives the target accuracy of
 each rule's choice (mean ± std over seeds) and the share of the oracle gap that crafted
-validation closes, ``(crafted - source) / (oracle - source)``. Writes
+validation closes, ``(crafted - source) / (oracle - source)`` (n/a under half a point, where
+that ratio is noise). Writes
 ``benchmarks/results/crafted_selection.json`` and ``.md``.
 """
 
@@ -39,6 +40,7 @@ from clipadapt.bench.protocols import OTHERS_MEAN
 HERE = Path(__file__).resolve().parent
 CLI = [sys.executable, "-m", "clipadapt.cli"]
 CONFIGS = ("pacs100_crafted_selection.yaml", "digits_crafted_selection.yaml")
+MIN_GAP = 0.005  # below half a point the share of the gap closed is noise
 RULES = {"source validation": "validation", "crafted shift": "crafted_shift", "oracle": None}
 
 
@@ -96,9 +98,8 @@ def compare(config: BenchConfig) -> dict:
         source = row["source validation"]["target_acc1_mean"]
         crafted = row["crafted shift"]["target_acc1_mean"]
         oracle = row["oracle"]["target_acc1_mean"]
-        row["oracle_gap_closed"] = (
-            (crafted - source) / (oracle - source) if oracle > source else None
-        )
+        gap = oracle - source
+        row["oracle_gap_closed"] = (crafted - source) / gap if gap >= MIN_GAP else None
         out[name] = row
     return {"source": config.sources, "shots": list(config.shots), "rows": out}
 
@@ -113,7 +114,7 @@ def render(tables: dict) -> str:
         "",
         "Mean over the other domains, mean ± std over 3 seeds at 16 shots. The oracle reads "
         "the target test data: an upper bound, never a selection rule. Gap closed = (crafted "
-        "- source) / (oracle - source).",
+        "- source) / (oracle - source); n/a when the oracle gap is under half a point.",
         "",
     ]
     for name, table in tables.items():
@@ -130,7 +131,7 @@ def render(tables: dict) -> str:
             ]
             gap = row["oracle_gap_closed"]
             picks = ", ".join(p["chose"] for p in row["crafted shift"]["choices"])
-            gap_text = "n/a (no gap)" if gap is None else f"{gap * 100:.0f}%"
+            gap_text = "n/a (gap < 0.5 pt)" if gap is None else f"{gap * 100:.0f}%"
             lines.append(f"| {group} | {' | '.join(cells)} | {gap_text} | {picks} |")
         lines.append("")
     return "\n".join(lines)
