@@ -336,8 +336,9 @@ def corruption_heatmaps(
     figure = Figure(
         figsize=(
             0.45 * len(severities) * columns + 2.4 * columns,
-            0.26 * len(corruptions) * rows + 1.0,
-        )
+            0.26 * len(corruptions) * rows + 1.2,
+        ),
+        layout="constrained",
     )
     axes = figure.subplots(rows, columns, squeeze=False)
     for ax in axes.flat[len(grids) :]:

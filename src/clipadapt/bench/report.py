@@ -323,6 +323,8 @@ def render_markdown(
     lines = ["# clipadapt benchmark report", "", *_provenance(results), ""]
     for section in sections:
         lines += [f"## {section.title}", ""]
+        if section.protocol == "corruptions":
+            lines += [CORRUPTION_NOTE, ""]
         for table in section_tables(section):
             lines += [f"**{table.title}**", "", markdown(table), ""]
     if open_set:
@@ -442,7 +444,7 @@ def corruption_tables(section: Section) -> list[Table]:
                 [method] + [f"{v * 100:.1f}" if v == v else "" for v in np.nanmean(grid, 1)]
             )
         header = ["method", "clean", "mCA (15)", "extra mean", "mCE", "relative mCE"]
-        title = f"Source {group}: robustness at {top} shots ({CORRUPTION_NOTE})"
+        title = f"Source {group}: robustness at {top} shots (mCE: 100% = {CE_BASELINE})"
         tables.append(Table(title, header, rows))
         common = sum(n in COMMON for n in names)
         title = (
@@ -548,6 +550,8 @@ def render_html(
     for section in sections:
         stem = f"{section.protocol}_{section.dataset}".replace("/", "_")
         parts.append(f"<h2>{esc(section.title)}</h2>")
+        if section.protocol == "corruptions":
+            parts.append(f"<p>{esc(CORRUPTION_NOTE)}</p>")
         for name, data in figures.items():
             if name.startswith(stem + "_"):
                 encoded = base64.b64encode(data).decode()
