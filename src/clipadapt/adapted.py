@@ -23,13 +23,11 @@ import torch
 
 from clipadapt import __version__
 from clipadapt.atomic import atomic_write_text
-from clipadapt.data import ImageDataset, is_image_file
-from clipadapt.data.errors import DatasetError
+from clipadapt.data import ImageDataset
 from clipadapt.defaults import DEFAULT_VIEWS
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.features import extract_features
 from clipadapt.methods import Method, create_method, load_method
-from clipadapt.methods.base import read_config
 from clipadapt.models.base import Backend
 from clipadapt.ood import UNKNOWN, OpenSetClassifier, ScoreInput
 from clipadapt.ood.local import extract_local_features
@@ -39,9 +37,9 @@ from clipadapt.pipeline.fitting import reads_unlabeled, torch_threads, views_giv
 from clipadapt.pipeline.openset import false_unknown_rate
 from clipadapt.pipeline.task import TEST, Images, Setting, Splits, Target
 from clipadapt.prompts import make_prompt_set
+from clipadapt.saved import ADAPTED_FORMAT, check_model_dir, read_config
 from clipadapt.views import DEFAULT_AUGMENT
 
-ADAPTED_FORMAT = "clipadapt.adapted/1"
 DEFAULT_OOD_SCORE = "knn"
 DEFAULT_OOD_REASON = (
     "the default: k-nearest-neighbour distance to the support features reads image features "
@@ -66,32 +64,6 @@ class Adapted:
     @property
     def classnames(self) -> list[str]:
         return self.info["classes"]["classnames"]
-
-
-def check_model_dir(out: str | os.PathLike[str]) -> Path:
-    """Where ``adapt`` may write a model: a new path, an empty directory, or a directory that
-    holds a clipadapt adapted model (replaced whole). Anything else is refused, before any
-    work is done: the user's own files are never deleted."""
-    target = Path(out)
-    if target.resolve() == Path.cwd().resolve() or target.name in ("", ".", ".."):
-        raise ValueError(f"--out {out}: name a directory for the model, not '{out}' itself")
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"--out {out} is a file; name a new or empty directory for the model")
-    if target.is_dir() and any(target.iterdir()) and not is_adapted_dir(target):
-        raise ValueError(
-            f"--out {out} holds files that are not a clipadapt model; choose a new or empty "
-            "directory (nothing was changed)"
-        )
-    return target
-
-
-def is_adapted_dir(directory: Path) -> bool:
-    """True when ``directory/config.json`` records a model written by ``adapt``."""
-    try:
-        info = read_config(directory).get("adapted")
-    except (OSError, ValueError):
-        return False
-    return isinstance(info, dict) and info.get("format") == ADAPTED_FORMAT
 
 
 def adapt(
@@ -291,21 +263,6 @@ def check_backend(adapted: Adapted, backend: Backend, directory: str | os.PathLi
             f"{backend.image_fingerprint} (its weights or preprocessing changed); its "
             "predictions would be meaningless: adapt the model again with this backend"
         )
-
-
-def image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given, folders expanded to their image files (recursively, sorted)."""
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if is_image_file(p))
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise DatasetError(f"{item} does not exist; give image files or folders of images")
-    if not paths:
-        raise DatasetError(f"no images found in {', '.join(map(str, inputs))}")
-    return paths
 
 
 def predict(

@@ -252,13 +252,14 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    datasets = _datasets(args)  # bad data fails here, before torch loads
     from safetensors.torch import save_file
 
     from clipadapt.atomic import atomic_write
     from clipadapt.features import extract_features
 
     backend = _backend(args)
-    for name, dataset in _datasets(args).items():
+    for name, dataset in datasets.items():
         feats = extract_features(
             backend,
             dataset.paths,
@@ -275,9 +276,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
             import torch
 
             target = (
-                args.output
-                if len(_datasets(args)) == 1
-                else args.output / f"{_slug(name)}.safetensors"
+                args.output if len(datasets) == 1 else args.output / f"{_slug(name)}.safetensors"
             )
             labels = torch.from_numpy(dataset.labels[feats.indices])
             tensors = {"features": feats.features, "labels": labels}
@@ -294,12 +293,12 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> None:
+    datasets = _datasets(args)  # bad data fails here, before torch loads
     from clipadapt.atomic import atomic_write_json
     from clipadapt.bench.zeroshot import run_zeroshot
     from clipadapt.prompts import make_prompt_set
 
     backend = _backend(args)
-    datasets = _datasets(args)
     rows = []
     for name, dataset in datasets.items():
         prompts = make_prompt_set(args.templates, args.descriptions, dataset.classnames)
@@ -355,13 +354,19 @@ def cmd_lite_align(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from clipadapt.bench.config import BenchConfig, read_config_file
-    from clipadapt.bench.runner import run_bench
+    from clipadapt.catalog import check_detector, check_method
 
     values = read_config_file(args.config) if args.config else {}
     names = [field.name for field in dataclasses.fields(BenchConfig)]
     flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     where = f"benchmark config {args.config}" if args.config else "clipadapt bench"
     config = BenchConfig.from_mapping(values | flags, where=where)
+    for name in config.method_names.values():  # before torch loads
+        check_method(name)
+    for name in config.detectors:
+        check_detector(name)
+    from clipadapt.bench.runner import run_bench
+
     summary = run_bench(
         config, overwrite=args.overwrite, prepare_only=args.prepare_only, progress=not args.quiet
     )
@@ -376,6 +381,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    if not args.results.is_dir():  # before matplotlib and torch load
+        raise ValueError(f"{args.results} is not a folder; give the --out of clipadapt bench")
     from clipadapt.bench.report import write_report
 
     written = write_report(args.results, args.out or args.results / "report")
@@ -384,18 +391,15 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:
-    from clipadapt.adapted import adapt, check_model_dir
-    from clipadapt.methods import create_method
-    from clipadapt.ood import DETECTORS
+    from clipadapt.catalog import check_detector, check_method
+    from clipadapt.saved import check_model_dir
     from clipadapt.views import parse_augment
 
     check_model_dir(args.out)
-    create_method(args.method)  # an unknown method fails here, before any model loads
+    check_method(args.method)  # every argument is checked before torch or a model loads
     augment = parse_augment(args.augment)
-    if not args.no_ood and args.ood_score not in DETECTORS:
-        raise ValueError(
-            f"unknown OOD score {args.ood_score!r} (--ood-score); use one of {', '.join(DETECTORS)}"
-        )
+    if not args.no_ood:
+        check_detector(args.ood_score)
     for flag, value, minimum in (("--shots", args.shots, 1), ("--views", args.views, 0)):
         if value < minimum:
             raise ValueError(f"{flag} must be an integer >= {minimum}, got {value}")
@@ -404,6 +408,8 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     if not 0 <= args.test_fraction < 1:
         raise ValueError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
     dataset = _single_dataset(args)
+    from clipadapt.adapted import adapt
+
     adapted = adapt(
         _backend(args),
         dataset,
@@ -429,9 +435,13 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from clipadapt.data.load import image_paths
+    from clipadapt.saved import read_config
+
+    read_config(args.model_dir)  # a missing or foreign model fails here, before torch loads
+    paths = image_paths(args.images)
     from clipadapt.adapted import (
         check_backend,
-        image_paths,
         load_adapted,
         predict,
         predictions_csv,
@@ -445,7 +455,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     rows, skipped = predict(
         adapted,
         backend,
-        image_paths(args.images),
+        paths,
         cache=_cache(args),
         skip_bad=args.skip_bad,
         progress=not args.quiet,

@@ -111,6 +111,11 @@ class BenchConfig:
             )
 
     @property
+    def method_names(self) -> dict[str, str]:
+        """The registry name of each method label: its ``method:`` value, or the label."""
+        return {label: str(given.get("method", label)) for label, given in self.methods.items()}
+
+    @property
     def protocols(self) -> tuple[str, ...]:
         """The protocols run (``protocol`` may list several, comma-separated)."""
         return tuple(p for p in self.protocol.split(",") if p)

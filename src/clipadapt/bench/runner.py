@@ -549,8 +549,8 @@ def configured_methods(
                 f"method label {label!r}: use 1-64 letters, digits, '.', '-' or '_' starting "
                 "with a letter or digit (it names a results folder)"
             )
-        hyperparameters = dict(given)
-        name = hyperparameters.pop("method", label)
+        hyperparameters = {k: v for k, v in given.items() if k != "method"}
+        name = config.method_names.get(label, label)
         unlabeled = hyperparameters.pop("unlabeled", "train_pool")
         if name not in registry:
             raise ValueError(
