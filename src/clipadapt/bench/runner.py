@@ -257,6 +257,7 @@ class _Runner:
             **({"unlabeled": "test"} if run.method in self.transductive else {}),
             "hyperparameters": method.get_params(),
             "selection": c.selection,
+            **({"calibrate": c.calibrate} if c.calibrate != "none" and not s.open_set else {}),
             "shots": run.shots,
             "seed": run.seed,
             "val_per_class": few.val_per_class,
@@ -347,7 +348,12 @@ class _Runner:
     def _classification(
         self, run: Run, run_config: dict[str, Any], fitted: Fitted
     ) -> ClassificationResult:
-        metrics, predict_seconds = self.experiment.evaluate(fitted, run.setting)
+        calibration: dict[str, Any] = {"mode": "none"}
+        if self.config.calibrate == "temperature":
+            calibration = self.experiment.fit_temperature(fitted, run.setting, run.shots, run.seed)
+        metrics, predict_seconds = self.experiment.evaluate(
+            fitted, run.setting, calibration.get("temperature")
+        )
         targets = [
             t.describe()
             | {"classnames": self.experiment.names(t.known.classes)}
@@ -359,6 +365,7 @@ class _Runner:
             metrics=metrics,
             targets=targets,
             summary=summarize(run.setting.targets, metrics),
+            calibration=calibration,
         )
 
     def _open_set(
