@@ -21,6 +21,7 @@ from clipadapt.calibration import (
     adaptive_ece,
     brier,
     calibration_metrics,
+    choose_temperature,
     ece,
     fit_temperature,
     nll,
@@ -83,10 +84,16 @@ def test_temperature_recovers_a_known_temperature() -> None:
     assert after < before / 2
 
 
-def test_separable_data_pushes_the_temperature_to_its_bound() -> None:
-    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
-    fit = fit_temperature(logits, torch.tensor([0, 1]))
+def test_separable_data_has_no_temperature_and_keeps_one() -> None:
+    logits, labels = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 1])
+    fit = fit_temperature(logits, labels)
     assert fit.at_bound and fit.temperature == pytest.approx(0.01, rel=1e-3)
+    chosen = choose_temperature(logits, labels)
+    assert chosen["temperature"] == 1.0 and "already classified right" in chosen["reason"]
+    assert chosen["nll_after"] == chosen["nll_before"] and chosen["search"]["at_bound"]
+    one_wrong = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
+    chosen = choose_temperature(one_wrong, torch.tensor([0, 1, 1]))
+    assert chosen["reason"] is None and chosen["temperature"] > 1
 
 
 def test_bad_shapes_are_refused() -> None:
@@ -131,6 +138,7 @@ def test_calibrate_temperature_through_the_runner_and_report(tmp_path, backend) 
         record = r.calibration
         assert record["mode"] == "temperature" and record["fitted_on"] == "few-shot validation set"
         assert record["n"] == r.n_val > 0 and record["temperature"] > 0
+        assert record["reason"] is None or record["temperature"] == 1.0
         assert r.config["calibrate"] == "temperature"
         for target in r.targets:
             scored = r.metrics[target["name"]]["calibration"]
@@ -177,7 +185,8 @@ def test_calibrate_is_validated_and_old_runs_keep_their_hash(tmp_path, backend) 
 
 
 def test_adapt_saves_the_temperature_and_predict_uses_it(tmp_path, backend, capsys) -> None:
-    folder = make_folder(tmp_path / "colors", dict.fromkeys(["blue", "green", "red"], 16))
+    classes = dict.fromkeys(["blue", "gold", "green", "red"], 16)
+    folder = make_folder(tmp_path / "colors", classes, shade=0.15)  # dark: some val errors
     model = tmp_path / "model"
     args = [
         "-q", "adapt", "--model", "fake", "--data", str(folder), "--shots", "4",
@@ -189,7 +198,7 @@ def test_adapt_saves_the_temperature_and_predict_uses_it(tmp_path, backend, caps
     assert "temperature T = " in printed and "test ECE (15 equal-width bins)" in printed
     config = json.loads((model / "config.json").read_text())
     saved = config["adapted"]["calibration"]
-    assert saved["mode"] == "temperature" and saved["n"] == 12
+    assert saved["mode"] == "temperature" and saved["n"] == 16 and saved["reason"] is None
     adapted = load_adapted(model)
     assert adapted.temperature == saved["temperature"] != 1.0
 

@@ -15,7 +15,10 @@ Conventions (every function here, and every result that records them):
 Temperature scaling (Guo et al. 2017) fits one scalar ``T > 0`` minimising the NLL of
 ``softmax(logits / T)`` on held-out labelled data (in clipadapt: the few-shot validation set,
 never test images). The NLL is convex in ``1/T``, hence unimodal in ``log T``; a golden-section
-search over ``log T`` in ``TEMPERATURE_BOUNDS`` finds it deterministically.
+search over ``log T`` in ``TEMPERATURE_BOUNDS`` finds it deterministically. When every
+held-out image is already classified right (common with 4 validation images per class) the
+NLL falls towards 0 as ``T -> 0`` and has no minimum: ``choose_temperature`` then keeps
+``T = 1`` and says why, rather than making every prediction certain.
 """
 
 from __future__ import annotations
@@ -174,3 +177,24 @@ def fit_temperature(
         nll_after=loss(best),
         at_bound=min(best - low, high - best) < 10 * tolerance,
     )
+
+
+def choose_temperature(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """The temperature to apply: ``fit_temperature``'s, or 1 (with a ``reason``) when the
+    NLL's minimum lies at a search bound; the NLL at T = 1 and at the applied T; the search."""
+    found = fit_temperature(logits, labels)
+    applied, reason = found.temperature, None
+    if found.at_bound:
+        applied = 1.0
+        reason = (
+            f"the held-out NLL keeps falling towards the search bound T = "
+            f"{found.temperature:.3g} (towards 0: every held-out image is already classified "
+            "right), so no finite temperature minimises it; T left at 1"
+        )
+    return {
+        "temperature": applied,
+        "nll_before": found.nll_before,
+        "nll_after": nll(logits, labels, applied),
+        "search": found.to_json(),
+        "reason": reason,
+    }

@@ -579,9 +579,8 @@ def format_temperature(calibration: dict[str, Any]) -> str:
     """How a saved temperature was fitted, as one line."""
     if calibration["reason"]:
         return f"temperature T = 1 ({calibration['reason']})"
-    bound = " (at the search bound)" if calibration["at_bound"] else ""
     return (
-        f"temperature T = {calibration['temperature']:.4g}{bound}, fitted on the "
+        f"temperature T = {calibration['temperature']:.4g}, fitted on the "
         f"{calibration['fitted_on']} ({calibration['n']} images; NLL "
         f"{calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}); predict's "
         "scores are softmax(logits / T)"

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from clipadapt.calibration import fit_temperature
+from clipadapt.calibration import choose_temperature
 from clipadapt.data import ImageDataset
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.methods import FitData, Method
@@ -211,7 +211,8 @@ class Experiment:
         """Temperature scaling of ``fitted``'s logits, fitted on the few-shot validation set
         (the images the runner offers methods for selection; never a test image): the
         temperature, what it was fitted on and the validation NLL before and after. With no
-        validation images the temperature stays 1 and ``reason`` says why."""
+        validation images, or no finite minimiser (``choose_temperature``), the temperature
+        stays 1 and ``reason`` says why."""
         record: dict[str, Any] = {"mode": "temperature", "fitted_on": "few-shot validation set"}
         if len(fitted.data.val_labels) == 0:
             return record | {
@@ -223,8 +224,7 @@ class Experiment:
         features = val.features if val.method_features is None else val.method_features
         with torch_threads(), torch.inference_mode():
             logits = fitted.method.predict_logits(features)
-        found = fit_temperature(logits, val.labels)
-        return record | found.to_json() | {"n": len(val.labels), "reason": None}
+        return record | {"n": len(val.labels)} | choose_temperature(logits, val.labels)
 
     # -- open-set evaluation --------------------------------------------------------------
     def fit_detectors(
