@@ -170,7 +170,7 @@ def test_calibrate_temperature_through_the_runner_and_report(tmp_path, backend) 
     page = written["html"].read_text()
     assert "Effective robustness" in page and "ECE (%)" in page
     figures = sorted(p.name for p in (tmp_path / "report/figures").glob("*.png"))
-    assert "single_source_colors_effective_robustness.png" in figures
+    assert "calibration_single_source_colors_effective_robustness.png" in figures
     assert sum("reliability" in name for name in figures) == 3  # one per method
 
 
