@@ -445,7 +445,7 @@ def effective_robustness_figure(
 
 
 LOGIT_CLIP = 1e-3  # accuracies are clipped to [0.1%, 99.9%] on logit axes
-LOGIT_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+LOGIT_TICKS = (0.01, 0.02, 0.05, *(i / 20 for i in range(2, 19)), 0.95, 0.98, 0.99)
 
 
 def _logit_limits(values: list[float], pad: float = 0.25) -> tuple[float, float]:
