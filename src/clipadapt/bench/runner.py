@@ -7,6 +7,10 @@ method is configured with ``unlabeled: test``: it then gets the test images, wit
 as its unlabeled data, and its results say ``transductive``). Open-set settings also fit
 every detector once per sample and score it on top of each method.
 
+Closed-set results also record calibration metrics per target (``clipadapt.calibration``)
+and, with ``calibrate: temperature``, the temperature fitted on the few-shot validation set
+(``Experiment.fit_temperature``) and every target scored again at it.
+
 Results live at ``<out>/<protocol>/<collection>/<group>/<label>/K<shots>_s<seed>.json``
 (open-set runs keep their raw scores beside, ``.scores.npz``); a result whose recorded
 configuration hash matches is skipped on re-runs, one whose hash differs is refused (unless
