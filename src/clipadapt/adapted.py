@@ -65,6 +65,11 @@ class Adapted:
     def classnames(self) -> list[str]:
         return self.info["classes"]["classnames"]
 
+    @property
+    def temperature(self) -> float:
+        """The temperature ``predict`` divides logits by (1 for models saved without one)."""
+        return float((self.info.get("calibration") or {}).get("temperature", 1.0))
+
 
 def adapt(
     backend: Backend,
@@ -87,6 +92,7 @@ def adapt(
     progress: bool = True,
     ood_score: str | None = DEFAULT_OOD_SCORE,
     accept: float = 0.95,
+    calibrate: str = "none",
 ) -> Adapted:
     """Fit ``method`` on ``shots`` images per class of ``dataset`` and save it to ``out``.
 
@@ -98,6 +104,9 @@ def adapt(
     on the same support data and its "unknown" threshold calibrated on the few-shot
     validation set only (accepting ``accept`` of it); both are saved with the model
     (``OpenSetClassifier.save``) so that ``predict`` says ``unknown`` for rejected images.
+
+    With ``calibrate="temperature"`` a temperature is fitted on the few-shot validation set
+    (``Experiment.fit_temperature``) and saved; ``predict``'s probabilities use it.
     """
     target = check_model_dir(out)
     fitted_method = create_method(method, **(hyperparameters or {}))
@@ -131,6 +140,9 @@ def adapt(
     )
     checkpoints = target.parent / f".{target.name}.checkpoints"  # resumes a killed fit
     fitted = experiment.fit(fitted_method, setting, data, seed=seed, checkpoint_dir=checkpoints)
+    calibration: dict[str, Any] = {"mode": "none"}
+    if calibrate == "temperature":
+        calibration = experiment.fit_temperature(fitted, setting, shots, seed)
     open_set, n_calibration = None, 0
     if ood_score is not None:
         open_set, n_calibration = _calibrate_open_set(
@@ -139,7 +151,7 @@ def adapt(
     evaluation: dict[str, Any] | None = None
     if tests:
         zeroshot = experiment.fit(create_method("zeroshot"), setting, data, seed=seed)
-        scored = experiment.evaluate(fitted, setting)[0][domain]
+        scored = experiment.evaluate(fitted, setting, calibration.get("temperature"))[0][domain]
         evaluation = {
             "split": "test",
             "n": scored["n"],
@@ -185,6 +197,7 @@ def adapt(
             "split_file": SPLIT_FILE,
         },
         "fit_seconds": round(fitted.fit_seconds, 6),
+        "calibration": calibration,
         "open_set": None
         if open_set is None
         else {
@@ -275,8 +288,9 @@ def predict(
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """One row per readable image: path, label (the class name the model stores), class_id
-    (its folder name), score (softmax probability of the top class), margin (top-1 minus
-    top-2 logit: the log-odds between the two best classes, informative where the
+    (its folder name), score (probability of the top class: softmax of the logits divided by
+    the model's saved temperature, 1 without one), margin (top-1 minus top-2 raw logit, never
+    temperature-scaled: the log-odds between the two best classes, informative where the
     probability rounds to 1), top-5 names with probabilities; and the list of skipped images.
     A model saved with an "unknown" threshold labels the
     images whose OOD score exceeds it ``unknown`` (top-5 keeps the closed-set guesses) and
@@ -298,7 +312,7 @@ def predict(
             ood = open_set.scores(plain, method_features=feats.features, local_features=local)
     with torch_threads(), torch.inference_mode():
         logits = method.predict_logits(feats.features).double()
-    probs = logits.softmax(dim=-1)  # float64: GDA's logits saturate a float32 softmax
+    probs = (logits / adapted.temperature).softmax(dim=-1)  # float64: GDA's logits saturate
     top = probs.topk(min(TOP_K, probs.shape[1]), dim=-1)
     best = logits.topk(min(2, logits.shape[1]), dim=-1).values
     margins = best[:, 0] - best[:, -1]

@@ -16,7 +16,7 @@ from clipadapt import __version__, runtime
 from clipadapt.bench.config import PROTOCOLS
 from clipadapt.data import ImageDataset, load_dataset
 from clipadapt.data.errors import DatasetError
-from clipadapt.defaults import DEFAULT_VIEWS, SELECTION_MODES
+from clipadapt.defaults import CALIBRATION_MODES, DEFAULT_VIEWS, SELECTION_MODES
 from clipadapt.demo import DEMO_METHOD
 from clipadapt.paths import display_path
 
@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-ood", action="store_true", help="save no 'unknown' threshold (closed-set only)"
     )
+    p.add_argument(
+        "--calibrate",
+        choices=CALIBRATION_MODES,
+        default="none",
+        help="temperature: fit a temperature on the few-shot validation set and save it; "
+        "predict's scores then use softmax(logits / T) (default: none)",
+    )
     p.add_argument("--out", type=Path, required=True, help="the model directory to write")
     p.set_defaults(func=cmd_adapt)
 
@@ -186,6 +193,12 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
         "--selection",
         choices=SELECTION_MODES,
         help="hyperparameter selection (default: validation)",
+    )
+    p.add_argument(
+        "--calibrate",
+        choices=CALIBRATION_MODES,
+        help="post-hoc calibration: temperature scaling fitted on the few-shot validation set "
+        "(default: none)",
     )
     p.add_argument("--shots", help="comma-separated shot counts (default: 1,2,4,8,16)")
     p.add_argument("--seeds", help="comma-separated seeds (default: 1,2,3)")
@@ -429,6 +442,7 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         ood_score=None if args.no_ood else args.ood_score,
         accept=args.accept,
+        calibrate=args.calibrate,
     )
     print(format_adapted(adapted))
     print(f"model saved to {args.out}; label images with: clipadapt predict {args.out} <images>")
@@ -552,6 +566,9 @@ def format_adapted(adapted) -> str:
             f"images will be called unknown ({rate['level']:.0%} interval "
             f"{rate['low']:.1%}-{rate['high']:.1%} at this calibration size)"
         )
+    calibration = info.get("calibration") or {}
+    if calibration.get("mode") == "temperature":
+        head += f"\n{format_temperature(calibration)}"
     if evaluation is None:
         return head + "; no test split held out (--test-fraction 0), so no accuracy to report"
     zs, ours = evaluation["zeroshot"]["acc1"], evaluation[name]["acc1"]
@@ -561,7 +578,23 @@ def format_adapted(adapted) -> str:
     )
     if "known_accepted" in evaluation:
         text += f"; {evaluation['known_accepted']:.1%} of them accepted as known"
+    scored = evaluation[name].get("calibration", {})
+    if "temperature_scaled" in scored:
+        before, after = scored["uncalibrated"]["ece"], scored["temperature_scaled"]["ece"]
+        text += f"\ntest ECE (15 equal-width bins): {before:.4f} raw, {after:.4f} with T"
     return text
+
+
+def format_temperature(calibration: dict[str, Any]) -> str:
+    """How a saved temperature was fitted, as one line."""
+    if calibration["reason"]:
+        return f"temperature T = 1 ({calibration['reason']})"
+    return (
+        f"temperature T = {calibration['temperature']:.4g}, fitted on the "
+        f"{calibration['fitted_on']} ({calibration['n']} images; NLL "
+        f"{calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}); predict's "
+        "scores are softmax(logits / T)"
+    )
 
 
 def format_demo(result: dict[str, Any]) -> str:
