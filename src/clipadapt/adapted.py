@@ -32,7 +32,7 @@ from clipadapt.methods import Method, create_method, load_method
 from clipadapt.methods.base import read_config
 from clipadapt.models.base import Backend
 from clipadapt.ood import UNKNOWN, OpenSetClassifier, ScoreInput
-from clipadapt.ood.local import extract_local_features
+from clipadapt.ood.local import encode_local_features, extract_local_features
 from clipadapt.ood.openset import CONFIG_KEY as OPEN_SET_KEY
 from clipadapt.pipeline.experiment import Experiment, Fitted
 from clipadapt.pipeline.fitting import reads_unlabeled, torch_threads, views_given
@@ -317,40 +317,76 @@ def predict(
     skip_bad: bool = False,
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """One row per readable image: path, label (the class name the model stores), class_id
-    (its folder name), score (softmax probability of the top class), margin (top-1 minus
-    top-2 logit: the log-odds between the two best classes, informative where the
-    probability rounds to 1), top-5 names with probabilities; and the list of skipped images.
-    A model saved with an "unknown" threshold labels the
-    images whose OOD score exceeds it ``unknown`` (top-5 keeps the closed-set guesses) and
-    adds the ``ood_score`` column."""
+    """One row per readable image, its path first, then the columns of ``prediction_rows``;
+    and the list of skipped images."""
     method = adapted.method
     method.attach(backend)  # methods that run the text tower when predicting
     eval_backend = method.feature_backend(backend)
     feats = extract_features(eval_backend, paths, cache=cache, skip_bad=skip_bad, progress=progress)
+    read = [paths[i] for i in feats.indices]
+    plain = local = None
+    if adapted.open_set is not None:
+        if eval_backend is not backend:
+            plain = extract_features(backend, read, cache=cache, progress=progress).features
+        if adapted.open_set.needs_local_features:
+            local = extract_local_features(backend, read)
+    rows = prediction_rows(adapted, feats.features, plain=plain, local=local)
+    # undecodable bytes in a path are kept (surrogate escapes)
+    return [{"path": str(path)} | row for path, row in zip(read, rows, strict=True)], feats.skipped
+
+
+def predict_pixels(
+    adapted: Adapted, backend: Backend, pixels: torch.Tensor
+) -> list[dict[str, Any]]:
+    """``prediction_rows`` of a batch already through ``backend.preprocess`` (B, 3, H, W):
+    images held in memory, never read from a file (the server's path). ``adapted.method``
+    must have been given the backend (``method.attach(backend)``)."""
+    eval_backend = adapted.method.feature_backend(backend)
+    features = eval_backend.encode_images(pixels)
+    plain = local = None
+    if adapted.open_set is not None:
+        if eval_backend is not backend:
+            plain = backend.encode_images(pixels)
+        if adapted.open_set.needs_local_features:
+            local = encode_local_features(backend, pixels)
+    return prediction_rows(adapted, features, plain=plain, local=local)
+
+
+def prediction_rows(
+    adapted: Adapted,
+    features: torch.Tensor,
+    *,
+    plain: torch.Tensor | None = None,
+    local: torch.Tensor | None = None,
+) -> list[dict[str, Any]]:
+    """One row per row of ``features`` (the image features the method reads): label (the
+    class name the model stores), class_id (its folder name), score (softmax probability of
+    the top class), margin (top-1 minus top-2 logit: the log-odds between the two best
+    classes, informative where the probability rounds to 1), top-5 names with probabilities.
+    A model saved with an "unknown" threshold labels the rows whose OOD score exceeds it
+    ``unknown`` (top-5 keeps the closed-set guesses) and adds the ``ood_score`` column; its
+    detector reads ``plain`` (the backend's own features, when the method adapted the image
+    side; default ``features``) and ``local`` (patch features, for detectors that use them).
+    """
     open_set, ood = adapted.open_set, None
     if open_set is not None:
-        plain = feats.features
-        if eval_backend is not backend:
-            read = [paths[i] for i in feats.indices]
-            plain = extract_features(backend, read, cache=cache, progress=progress).features
-        local = None
-        if open_set.needs_local_features:
-            local = extract_local_features(backend, [paths[i] for i in feats.indices])
         with torch_threads(), torch.inference_mode():
-            ood = open_set.scores(plain, method_features=feats.features, local_features=local)
+            ood = open_set.scores(
+                features if plain is None else plain,
+                method_features=features,
+                local_features=local,
+            )
     with torch_threads(), torch.inference_mode():
-        logits = method.predict_logits(feats.features).double()
+        logits = adapted.method.predict_logits(features).double()
     probs = logits.softmax(dim=-1)  # float64: GDA's logits saturate a float32 softmax
     top = probs.topk(min(TOP_K, probs.shape[1]), dim=-1)
     best = logits.topk(min(2, logits.shape[1]), dim=-1).values
     margins = best[:, 0] - best[:, -1]
     names = adapted.classnames
     rows = []
-    for row, index in enumerate(feats.indices):
+    for row in range(len(features)):
         values, classes = top.values[row].tolist(), top.indices[row].tolist()
         entry = {
-            "path": str(paths[index]),  # undecodable bytes kept (surrogate escapes)
             "label": names[classes[0]],
             "class_id": adapted.class_ids[classes[0]],
             "score": f"{values[0]:.6f}",
@@ -363,7 +399,7 @@ def predict(
             if value > open_set.threshold:
                 entry["label"] = UNKNOWN
         rows.append(entry)
-    return rows, feats.skipped
+    return rows
 
 
 def predictions_csv(rows: list[dict[str, Any]]) -> str:
