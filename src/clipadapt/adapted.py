@@ -317,8 +317,8 @@ def predict(
     skip_bad: bool = False,
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """One row per readable image, its path first, then the columns of ``prediction_rows``;
-    and the list of skipped images."""
+    """One CSV row per readable image (its path, then ``csv_fields`` of its
+    ``prediction_rows`` entry) and the list of skipped images."""
     method = adapted.method
     method.attach(backend)  # methods that run the text tower when predicting
     eval_backend = method.feature_backend(backend)
@@ -332,7 +332,8 @@ def predict(
             local = extract_local_features(backend, read)
     rows = prediction_rows(adapted, feats.features, plain=plain, local=local)
     # undecodable bytes in a path are kept (surrogate escapes)
-    return [{"path": str(path)} | row for path, row in zip(read, rows, strict=True)], feats.skipped
+    paths_rows = zip(read, rows, strict=True)
+    return [{"path": str(path)} | csv_fields(row) for path, row in paths_rows], feats.skipped
 
 
 def predict_pixels(
@@ -359,14 +360,15 @@ def prediction_rows(
     plain: torch.Tensor | None = None,
     local: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per row of ``features`` (the image features the method reads): label (the
+    """One entry per row of ``features`` (the image features the method reads): label (the
     class name the model stores), class_id (its folder name), score (softmax probability of
     the top class), margin (top-1 minus top-2 logit: the log-odds between the two best
-    classes, informative where the probability rounds to 1), top-5 names with probabilities.
-    A model saved with an "unknown" threshold labels the rows whose OOD score exceeds it
-    ``unknown`` (top-5 keeps the closed-set guesses) and adds the ``ood_score`` column; its
-    detector reads ``plain`` (the backend's own features, when the method adapted the image
-    side; default ``features``) and ``local`` (patch features, for detectors that use them).
+    classes, informative where the probability rounds to 1), top5 (``(name, probability)``
+    pairs, best first). A model saved with an "unknown" threshold labels the rows whose OOD
+    score exceeds it ``unknown`` (top5 keeps the closed-set guesses) and adds ``ood_score``
+    (higher = more out-of-distribution); its detector reads ``plain`` (the backend's own
+    features, when the method adapted the image side; default ``features``) and ``local``
+    (patch features, for detectors that use them).
     """
     open_set, ood = adapted.open_set, None
     if open_set is not None:
@@ -386,20 +388,33 @@ def prediction_rows(
     rows = []
     for row in range(len(features)):
         values, classes = top.values[row].tolist(), top.indices[row].tolist()
-        entry = {
+        entry: dict[str, Any] = {
             "label": names[classes[0]],
             "class_id": adapted.class_ids[classes[0]],
-            "score": f"{values[0]:.6f}",
-            "margin": f"{float(margins[row]):.4g}",
-            "top5": ";".join(f"{names[c]}:{v:.6f}" for c, v in zip(classes, values, strict=True)),
+            "score": values[0],
+            "margin": float(margins[row]),
+            "top5": [(names[c], v) for c, v in zip(classes, values, strict=True)],
         }
         if ood is not None:
-            value = float(ood[row])
-            entry["ood_score"] = f"{value:.6g}"
-            if value > open_set.threshold:
+            entry["ood_score"] = float(ood[row])
+            if entry["ood_score"] > open_set.threshold:
                 entry["label"] = UNKNOWN
         rows.append(entry)
     return rows
+
+
+def csv_fields(row: dict[str, Any]) -> dict[str, str]:
+    """A ``prediction_rows`` entry as the CSV columns ``predict`` writes."""
+    fields = {
+        "label": row["label"],
+        "class_id": row["class_id"],
+        "score": f"{row['score']:.6f}",
+        "margin": f"{row['margin']:.4g}",
+        "top5": ";".join(f"{name}:{value:.6f}" for name, value in row["top5"]),
+    }
+    if "ood_score" in row:
+        fields["ood_score"] = f"{row['ood_score']:.6g}"
+    return fields
 
 
 def predictions_csv(rows: list[dict[str, Any]]) -> str:
