@@ -366,9 +366,9 @@ def prediction_rows(
     classes, informative where the probability rounds to 1), top5 (``(name, probability)``
     pairs, best first). A model saved with an "unknown" threshold labels the rows whose OOD
     score exceeds it ``unknown`` (top5 keeps the closed-set guesses) and adds ``ood_score``
-    (higher = more out-of-distribution); its detector reads ``plain`` (the backend's own
-    features, when the method adapted the image side; default ``features``) and ``local``
-    (patch features, for detectors that use them).
+    (higher = more out-of-distribution) and ``unknown`` (whether it exceeds the threshold).
+    The detector reads ``plain`` (the backend's own features, when the method adapted the
+    image side; default ``features``) and ``local`` (patch features, if it uses them).
     """
     open_set, ood = adapted.open_set, None
     if open_set is not None:
@@ -397,7 +397,8 @@ def prediction_rows(
         }
         if ood is not None:
             entry["ood_score"] = float(ood[row])
-            if entry["ood_score"] > open_set.threshold:
+            entry["unknown"] = entry["ood_score"] > open_set.threshold
+            if entry["unknown"]:
                 entry["label"] = UNKNOWN
         rows.append(entry)
     return rows

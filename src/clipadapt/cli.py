@@ -154,6 +154,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, list them")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("serve", help="serve an adapted model over HTTP, with a web page")
+    p.add_argument("model_dir", type=Path, help="a directory written by clipadapt adapt")
+    p.add_argument("--index", type=Path, help="an image index to search (clipadapt index)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="images per forward pass when batching requests (1: no batching; default: 16)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long a batch waits for more requests (default: 2)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests waiting for the model before new ones get 503 (default: 64)",
+    )
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit")
+    p.add_argument("--max-files", type=int, default=16, help="images per request")
+    p.add_argument(
+        "--max-megapixels", type=float, default=40.0, help="pixels per decoded image (millions)"
+    )
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser(
         "demo",
         help="the main job: adapt the built-in model to the textile images, compare to zero-shot",
@@ -458,6 +489,88 @@ def cmd_predict(args: argparse.Namespace) -> None:
         sys.stdout.flush()
         sys.stdout.buffer.write(predictions_csv(rows).encode("utf-8", "surrogateescape"))
         sys.stdout.buffer.flush()
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    limits = _serve_limits(args)
+    import uvicorn
+
+    from clipadapt.serve import create_app
+
+    app = create_app(
+        args.model_dir,
+        args.index,
+        device=args.device,
+        limits=limits,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+    )
+    print(f"serving {args.model_dir} on http://{args.host}:{args.port}/ (Ctrl+C stops)")
+    # connections past the queue (plus a few for /health and the page) get 503 unread, which
+    # bounds the memory held by request bodies to about (max_queue + 8) x --max-upload-mb
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning" if args.quiet else "info",
+        limit_concurrency=args.max_queue + 8,
+    )
+
+
+def _serve_limits(args: argparse.Namespace):
+    """Check every ``serve`` argument without loading anything; the upload limits."""
+    import importlib.util
+
+    missing = [
+        m for m in ("fastapi", "uvicorn", "python_multipart") if not importlib.util.find_spec(m)
+    ]
+    if missing:
+        raise ValueError(
+            f"clipadapt serve needs {', '.join(missing)}: pip install 'clipadapt[serve]'"
+        )
+    if args.index is not None and not args.index.is_dir():
+        raise ValueError(f"--index {args.index} is not a directory; give a clipadapt index")
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: use a port from 1 to 65535")
+    if not _valid_host(args.host):
+        raise ValueError(f"--host {args.host!r}: give an IP address or a host name")
+    for flag, value, low in (
+        ("--max-batch", args.max_batch, 1),
+        ("--max-queue", args.max_queue, 1),
+        ("--max-files", args.max_files, 1),
+        ("--max-wait-ms", args.max_wait_ms, 0),
+    ):
+        if value < low:
+            raise ValueError(f"{flag} {value}: must be at least {low}")
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
+        raise ValueError("--max-upload-mb and --max-megapixels must be positive")
+    from clipadapt.adapted import is_adapted_dir
+
+    if not is_adapted_dir(args.model_dir):
+        raise ValueError(
+            f"{args.model_dir} is not a clipadapt adapted model (no config.json written by "
+            "clipadapt adapt); give the --out directory of clipadapt adapt"
+        )
+    from clipadapt.serve.uploads import Limits
+
+    return Limits(
+        max_body_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_files=args.max_files,
+        max_pixels=int(args.max_megapixels * 1_000_000),
+    )
+
+
+def _valid_host(host: str) -> bool:
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        label = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+        return len(host) <= 253 and re.fullmatch(rf"{label}(\.{label})*", host) is not None
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
