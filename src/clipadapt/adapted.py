@@ -13,7 +13,6 @@ import csv
 import io
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 
 from clipadapt import __version__
-from clipadapt.atomic import atomic_write_text
+from clipadapt.atomic import atomic_write_text, replace_directory
 from clipadapt.data import ImageDataset, is_image_file
 from clipadapt.data.errors import DatasetError
 from clipadapt.defaults import DEFAULT_VIEWS
@@ -434,19 +433,7 @@ def write_predictions(rows: list[dict[str, Any]], output: str | os.PathLike[str]
 
 
 def _replace_directory(target: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory beside ``target`` with ``write(dir)``, then swap it into place;
-    an existing ``target`` must be an adapted model (``check_model_dir``)."""
+    """Write the model directory with ``write(dir)`` and swap it into place; an existing
+    ``target`` must be an adapted model (``check_model_dir``)."""
     check_model_dir(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        write(staging)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
-            os.replace(target, old / "model")
-            os.replace(staging, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    replace_directory(target, write)
