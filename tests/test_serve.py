@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +16,7 @@ pytest.importorskip("httpx", reason="the serve tests talk HTTP with httpx")
 import httpx
 import torch
 from bench_fakes import ColorBackend, make_folder
+from PIL import Image
 from serve_helpers import huge_png, live_server, png_bytes
 
 from clipadapt.adapted import adapt, load_adapted, predict
@@ -22,6 +24,7 @@ from clipadapt.cli import main
 from clipadapt.data import load_dataset
 from clipadapt.serve import Limits, create_app
 from clipadapt.serve.batching import Batcher, QueueFull
+from clipadapt.serve.search import Search
 
 RED, BLUE = (200, 40, 40), (40, 40, 200)
 
@@ -38,8 +41,25 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def url(model_dir: Path):
-    app = create_app(model_dir, backend=ColorBackend(), limits=Limits(max_files=4))
+def index_dir(model_dir: Path) -> Path:
+    """A FAISS index of the swatches the model was adapted on (same fake image tower)."""
+    pytest.importorskip("faiss", reason="searching needs the 'index' extra (faiss-cpu)")
+    from clipadapt.features import extract_features
+    from clipadapt.index import build_index
+
+    backend = ColorBackend()
+    paths = sorted((model_dir.parent / "colors").rglob("*.png"))
+    features = extract_features(backend, paths, progress=False).features.numpy()
+    out = model_dir.parent / "index"
+    build_index(
+        features, paths, out, model_spec="fake", image_fingerprint=backend.image_fingerprint
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def url(model_dir: Path, index_dir: Path):
+    app = create_app(model_dir, index_dir, backend=ColorBackend(), limits=Limits(max_files=4))
     with live_server(app) as address:
         yield address
 
@@ -75,9 +95,9 @@ def test_model_card_and_health(url, model_dir) -> None:
     assert card["data"]["fingerprint"] == info["data"]["fingerprint"]
     assert card["evaluation"]["tip_adapter"]["acc1"] == info["evaluation"]["tip_adapter"]["acc1"]
     assert card["unknown"]["detector"] == "knn" and card["unknown"]["threshold"] > 0
-    assert card["index"] is None and "root" not in card["data"]
+    assert card["index"] == {"images": 48, "kind": "flat"} and "root" not in card["data"]
     health = httpx.get(f"{url}/health").json()
-    assert health["status"] == "ok" and health["index"] is False
+    assert health["status"] == "ok" and health["index"] is True
 
 
 def test_page_and_static_files_are_served(url) -> None:
@@ -134,11 +154,13 @@ def test_requests_that_are_not_multipart_or_not_json_are_refused(url) -> None:
         headers={"content-type": "multipart/form-data; boundary=b"},
     )
     assert broken.status_code == 400 and "malformed multipart" in broken.json()["error"]
-    assert httpx.post(f"{url}/search", json={"text": "red"}).status_code == 404  # no index
-    assert httpx.get(f"{url}/thumbnail/0").status_code == 404
+    not_json = httpx.post(
+        f"{url}/search", content=b"{", headers={"content-type": "application/json"}
+    )
+    assert not_json.status_code == 400 and "not JSON" in not_json.json()["error"]
 
 
-def test_smaller_pixel_limit_is_enforced(model_dir) -> None:
+def test_without_an_index_search_is_404_and_a_smaller_pixel_limit_holds(model_dir) -> None:
     from fastapi.testclient import TestClient
 
     app = create_app(model_dir, backend=ColorBackend(), limits=Limits(max_pixels=32 * 32))
@@ -146,6 +168,53 @@ def test_smaller_pixel_limit_is_enforced(model_dir) -> None:
         assert client.post("/predict", files=upload(png_bytes(size=32))).status_code == 200
         refused = client.post("/predict", files=upload(png_bytes(size=33)))
         assert refused.status_code == 422 and "33 x 33 is over the limit of 1,024" in refused.text
+        assert client.post("/search", json={"text": "red"}).status_code == 404
+        assert client.get("/thumbnail/0").status_code == 404
+        assert client.get("/model").json()["index"] is None
+
+
+# -- search --------------------------------------------------------------------------------
+def test_text_search_finds_the_named_colour_and_thumbnails_are_small_jpegs(url) -> None:
+    answer = httpx.post(f"{url}/search", json={"text": "a red thing", "k": 5}).json()
+    results = answer["results"]
+    assert answer["query"] == {"text": "a red thing", "k": 5} and len(results) == 5
+    assert [r["name"].split("/")[0] for r in results] == ["red"] * 5
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    thumbnail = httpx.get(f"{url}{results[0]['thumbnail']}")
+    assert thumbnail.headers["content-type"] == "image/jpeg"
+    image = Image.open(io.BytesIO(thumbnail.content))
+    assert image.format == "JPEG" and max(image.size) <= 160
+
+
+def test_image_search_and_bad_search_requests(url) -> None:
+    files = [*upload(png_bytes(BLUE)), ("k", (None, b"3"))]
+    answer = httpx.post(f"{url}/search", files=files).json()
+    assert answer["query"] == {"image": "0.png", "k": 3}
+    assert [r["name"].split("/")[0] for r in answer["results"]] == ["blue"] * 3
+    everything = httpx.post(f"{url}/search", json={"text": "red", "k": 100}).json()["results"]
+    assert len(everything) == 48  # k over the index size: every row once, no padding
+    for body, says in (
+        ({"text": ""}, '"text" must be a non-empty string'),
+        ({"text": "red", "k": 0}, '"k" must be a whole number'),
+        ({"text": "red", "k": "many"}, '"k" must be a whole number'),
+        ({"text": "x" * 1001}, "over 1000 characters"),
+        (["red"], "JSON object"),
+    ):
+        response = httpx.post(f"{url}/search", json=body)
+        assert response.status_code == 400 and says in response.json()["error"]
+    assert httpx.get(f"{url}/thumbnail/48").status_code == 404
+    assert httpx.get(f"{url}/thumbnail/-1").status_code == 404
+    assert httpx.get(f"{url}/thumbnail/red.png").status_code == 422  # a row number only
+
+
+def test_an_index_of_another_image_tower_is_refused_at_startup(model_dir, index_dir) -> None:
+    from clipadapt.index import load_index
+
+    other = ColorBackend(seed=1)
+    assert load_index(index_dir).image_fingerprint != other.image_fingerprint
+    with pytest.raises(ValueError, match="holds image features of 'fake'"):
+        Search.load(index_dir, other, 1000)
 
 
 # -- batching ------------------------------------------------------------------------------

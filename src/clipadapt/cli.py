@@ -529,8 +529,6 @@ def _serve_limits(args: argparse.Namespace):
         raise ValueError(
             f"clipadapt serve needs {', '.join(missing)}: pip install 'clipadapt[serve]'"
         )
-    if args.index is not None and not args.index.is_dir():
-        raise ValueError(f"--index {args.index} is not a directory; give a clipadapt index")
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: use a port from 1 to 65535")
     if not _valid_host(args.host):
@@ -545,6 +543,10 @@ def _serve_limits(args: argparse.Namespace):
             raise ValueError(f"{flag} {value}: must be at least {low}")
     if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
         raise ValueError("--max-upload-mb and --max-megapixels must be positive")
+    from clipadapt.index import is_index_dir
+
+    if args.index is not None and not is_index_dir(args.index):
+        raise ValueError(f"--index {args.index} is not a clipadapt index directory")
     from clipadapt.adapted import is_adapted_dir
 
     if not is_adapted_dir(args.model_dir):

@@ -145,7 +145,7 @@ def create_app(
         return model.card() | {
             "index": None
             if search is None
-            else {"images": search.size, "model_spec": search.index.model_spec},
+            else {"images": len(search.index), "kind": search.index.kind},
             "limits": {
                 "max_body_bytes": limits.max_body_bytes,
                 "max_files": limits.max_files,

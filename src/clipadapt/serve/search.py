@@ -39,16 +39,12 @@ class Search:
                 f"index {directory} holds image features of {index.model_spec!r} (fingerprint "
                 f"{index.image_fingerprint}), but the model is served with "
                 f"{backend.info.spec!r} (fingerprint {backend.image_fingerprint}); build the "
-                f"index with the model's backend: clipadapt index --model {backend.info.spec}"
+                f"index with the model's backend, {backend.info.spec}"
             )
         return cls(index, backend, max_pixels)
 
     def __post_init__(self) -> None:
         self._thumbnails = functools.lru_cache(THUMBNAILS_KEPT)(self._render)
-
-    @property
-    def size(self) -> int:
-        return len(self.index.paths)
 
     def text(self, query: str, k: int) -> list[dict[str, Any]]:
         """The ``k`` rows nearest a text; called in the model thread."""
@@ -59,7 +55,7 @@ class Search:
         return self._nearest(self.backend.encode_images(pixels), k)
 
     def _nearest(self, query: torch.Tensor, k: int) -> list[dict[str, Any]]:
-        scores, rows = self.index.search(query.numpy(), min(k, self.size))
+        scores, rows = self.index.search(query.numpy(), k)
         return [
             {"row": row, "score": score, "name": _short_name(self.index.paths[row]),
              "thumbnail": f"/thumbnail/{row}"}
@@ -72,8 +68,8 @@ class Search:
         return self._thumbnails(row)
 
     def _render(self, row: int) -> bytes:
-        if not 0 <= row < self.size:
-            raise BadRequest(404, f"no row {row} in the index (it has {self.size} images)")
+        if not 0 <= row < len(self.index):
+            raise BadRequest(404, f"no row {row} in the index (it has {len(self.index)} images)")
         path = Path(self.index.paths[row])
         try:
             data = path.read_bytes()
