@@ -156,9 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve an adapted model over HTTP, with a web page")
     p.add_argument("model_dir", type=Path, help="a directory written by clipadapt adapt")
-    p.add_argument("--index", type=Path, help="an image index to search (clipadapt index)")
+    p.add_argument(
+        "--index", type=Path, help="an image index directory built with the model's backend"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--max-batch",
