@@ -284,7 +284,27 @@ def test_serve_command_validates_arguments_before_loading_anything(
         ([str(model_dir), "--port", "70000"], "--port 70000"),
         ([str(model_dir), "--host", "not a host!"], "--host"),
         ([str(model_dir), "--max-batch", "0"], "--max-batch"),
+        ([str(model_dir), "--max-megapixels", "500"], "Pillow's own decompression-bomb limit"),
     ]
     for args, says in cases:
         assert main(["serve", *args]) == 2
         assert says in capsys.readouterr().err
+
+
+def test_serve_command_starts_uvicorn_on_the_given_address_with_the_app(
+    model_dir, index_dir, monkeypatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    started = {}
+    monkeypatch.setattr("clipadapt.models.create_backend", lambda spec, device: ColorBackend())
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: started.update(kwargs, app=app))
+    args = ["-q", "serve", str(model_dir), "--index", str(index_dir), "--port", "8123"]
+    assert main([*args, "--max-batch", "1", "--max-files", "2"]) == 0
+    assert started["host"] == "127.0.0.1" and started["port"] == 8123
+    with TestClient(started.pop("app")) as client:
+        assert client.get("/health").json() | {"batches_run": 0} == {
+            "status": "ok", "queued": 0, "max_queue": 64, "max_batch": 1, "batches_run": 0,
+            "index": True,
+        }  # fmt: skip
+        assert client.get("/model").json()["limits"]["max_files"] == 2

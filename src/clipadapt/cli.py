@@ -543,8 +543,15 @@ def _serve_limits(args: argparse.Namespace):
     ):
         if value < low:
             raise ValueError(f"{flag} {value}: must be at least {low}")
-    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
-        raise ValueError("--max-upload-mb and --max-megapixels must be positive")
+    from PIL import Image
+
+    pillow_cap = Image.MAX_IMAGE_PIXELS / 1e6
+    if args.max_upload_mb <= 0 or not 0 < args.max_megapixels <= pillow_cap:
+        raise ValueError(
+            f"--max-upload-mb must be positive and --max-megapixels from 0 to {pillow_cap:.0f} "
+            f"(Pillow's own decompression-bomb limit); got {args.max_upload_mb:g} and "
+            f"{args.max_megapixels:g}"
+        )
     from clipadapt.index import is_index_dir
 
     if args.index is not None and not is_index_dir(args.index):

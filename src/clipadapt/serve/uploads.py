@@ -39,7 +39,7 @@ class Limits:
 
     max_body_bytes: int = 20 * 1024 * 1024
     max_files: int = 16
-    max_pixels: int = 40_000_000  # width x height of one decoded image
+    max_pixels: int = 40_000_000  # width x height of one image; Pillow refuses > ~89M anyway
     max_text_chars: int = 1000  # a text search query
 
 
