@@ -22,8 +22,7 @@ import torch
 
 from clipadapt import __version__
 from clipadapt.atomic import atomic_write_text, replace_directory
-from clipadapt.data import ImageDataset, is_image_file
-from clipadapt.data.errors import DatasetError
+from clipadapt.data import ImageDataset
 from clipadapt.defaults import DEFAULT_VIEWS
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.features import extract_features
@@ -290,21 +289,6 @@ def check_backend(adapted: Adapted, backend: Backend, directory: str | os.PathLi
             f"{backend.image_fingerprint} (its weights or preprocessing changed); its "
             "predictions would be meaningless: adapt the model again with this backend"
         )
-
-
-def image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given, folders expanded to their image files (recursively, sorted)."""
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if is_image_file(p))
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise DatasetError(f"{item} does not exist; give image files or folders of images")
-    if not paths:
-        raise DatasetError(f"no images found in {', '.join(map(str, inputs))}")
-    return paths
 
 
 def predict(

@@ -13,16 +13,13 @@ import numpy as np
 
 from clipadapt import __version__
 from clipadapt.atomic import atomic_write_json, replace_directory
-from clipadapt.index.kinds import KINDS, FaissIndex, faiss_module, make_faiss_index
+from clipadapt.index.kinds import KINDS, FaissIndex, faiss_module, make_faiss_index, set_nprobe
 
 INDEX_FORMAT = "clipadapt-index/1"
 META_FILE = "index.json"
 PATHS_FILE = "paths.json"
 FAISS_FILE = "index.faiss"
-SCORE_CONVENTION = (
-    "cosine similarity (inner product of L2-normalised vectors); "
-    "for ivfpq the product-quantised estimate of it"
-)
+SCORE_CONVENTION = "cosine similarity (exact inner product of L2-normalised vectors)"
 
 
 class ImageIndex:
@@ -129,7 +126,7 @@ def load_index(directory: str | os.PathLike[str]) -> ImageIndex:
         raise ValueError(f"{faiss_file} is missing; rebuild the index")
     faiss_index = faiss_module().read_index(str(faiss_file))
     if meta["kind"] == "ivfpq":
-        faiss_index.nprobe = int(meta["build"]["nprobe"])
+        set_nprobe(faiss_index, int(meta["build"]["nprobe"]))
     return ImageIndex(faiss_index, paths, meta)
 
 

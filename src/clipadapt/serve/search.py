@@ -39,7 +39,7 @@ class Search:
                 f"index {directory} holds image features of {index.model_spec!r} (fingerprint "
                 f"{index.image_fingerprint}), but the model is served with "
                 f"{backend.info.spec!r} (fingerprint {backend.image_fingerprint}); build the "
-                f"index with the model's backend, {backend.info.spec}"
+                f"index with the model's backend: clipadapt index --model {backend.info.spec}"
             )
         return cls(index, backend, max_pixels)
 
