@@ -14,7 +14,7 @@ from typing import Any
 
 from clipadapt import __version__, runtime
 from clipadapt.bench.config import PROTOCOLS
-from clipadapt.data import ImageDataset, load_dataset
+from clipadapt.data import ImageDataset, image_paths, load_dataset
 from clipadapt.data.errors import DatasetError
 from clipadapt.defaults import CALIBRATION_MODES, DEFAULT_VIEWS, SELECTION_MODES
 from clipadapt.demo import DEMO_METHOD
@@ -160,6 +160,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, list them")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="serve an adapted model over HTTP, with a web page")
+    p.add_argument("model_dir", type=Path, help="a directory written by clipadapt adapt")
+    p.add_argument(
+        "--index", type=Path, help="an index written by clipadapt index with the model's backend"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="images per forward pass when batching requests (1: no batching; default: 16)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long a batch waits for more requests (default: 2)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests waiting for the model before new ones get 503 (default: 64)",
+    )
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit")
+    p.add_argument("--max-files", type=int, default=16, help="images per request")
+    p.add_argument(
+        "--max-megapixels", type=float, default=40.0, help="pixels per decoded image (millions)"
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("index", help="embed a collection of images and build a search index")
+    _model_args(p)
+    p.add_argument(
+        "--data",
+        required=True,
+        help="a folder (every image under it), a .csv of image paths, or builtin:<name>",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the index directory to write")
+    p.add_argument(
+        "--kind",
+        choices=["auto", "flat", "ivfpq"],
+        default="auto",
+        help="flat: exact; ivfpq: IVF-PQ candidates re-ranked exactly, recall measured at "
+        "build; auto: flat up to 50,000 images (default: auto)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the IVF-PQ training")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, list them")
+    csv_args(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="the images of an index closest to a text or an image")
+    p.add_argument("index_dir", type=Path, help="a directory written by clipadapt index")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="a text query, e.g. 'a photo of a dog'")
+    query.add_argument("--image", type=Path, help="an image file as the query")
+    p.add_argument("--k", type=int, default=10, help="how many images (default: 10)")
+    p.add_argument(
+        "--model", help="model spec encoding the query (default: the one the index was built with)"
+    )
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser(
         "demo",
@@ -482,6 +547,157 @@ def cmd_predict(args: argparse.Namespace) -> None:
         sys.stdout.flush()
         sys.stdout.buffer.write(predictions_csv(rows).encode("utf-8", "surrogateescape"))
         sys.stdout.buffer.flush()
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    limits = _serve_limits(args)
+    import uvicorn
+
+    from clipadapt.serve import create_app
+
+    app = create_app(
+        args.model_dir,
+        args.index,
+        device=args.device,
+        limits=limits,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+    )
+    print(f"serving {args.model_dir} on http://{args.host}:{args.port}/ (Ctrl+C stops)")
+    # connections past the queue (plus a few for /health and the page) get 503 unread, which
+    # bounds the memory held by request bodies to about (max_queue + 8) x --max-upload-mb
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning" if args.quiet else "info",
+        limit_concurrency=args.max_queue + 8,
+    )
+
+
+def _serve_limits(args: argparse.Namespace):
+    """Check every ``serve`` argument without loading anything; the upload limits."""
+    import importlib.util
+
+    missing = [
+        m for m in ("fastapi", "uvicorn", "python_multipart") if not importlib.util.find_spec(m)
+    ]
+    if missing:
+        raise ValueError(
+            f"clipadapt serve needs {', '.join(missing)}: pip install 'clipadapt[serve]'"
+        )
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: use a port from 1 to 65535")
+    if not _valid_host(args.host):
+        raise ValueError(f"--host {args.host!r}: give an IP address or a host name")
+    for flag, value, low in (
+        ("--max-batch", args.max_batch, 1),
+        ("--max-queue", args.max_queue, 1),
+        ("--max-files", args.max_files, 1),
+        ("--max-wait-ms", args.max_wait_ms, 0),
+    ):
+        if value < low:
+            raise ValueError(f"{flag} {value}: must be at least {low}")
+    from PIL import Image
+
+    pillow_cap = Image.MAX_IMAGE_PIXELS / 1e6
+    if args.max_upload_mb <= 0 or not 0 < args.max_megapixels <= pillow_cap:
+        raise ValueError(
+            f"--max-upload-mb must be positive and --max-megapixels from 0 to {pillow_cap:.0f} "
+            f"(Pillow's own decompression-bomb limit); got {args.max_upload_mb:g} and "
+            f"{args.max_megapixels:g}"
+        )
+    from clipadapt.index import is_index_dir
+
+    if args.index is not None and not is_index_dir(args.index):
+        raise ValueError(f"--index {args.index} is not a clipadapt index directory")
+    from clipadapt.adapted import is_adapted_dir
+
+    if not is_adapted_dir(args.model_dir):
+        raise ValueError(
+            f"{args.model_dir} is not a clipadapt adapted model (no config.json written by "
+            "clipadapt adapt); give the --out directory of clipadapt adapt"
+        )
+    from clipadapt.serve.uploads import Limits
+
+    return Limits(
+        max_body_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_files=args.max_files,
+        max_pixels=int(args.max_megapixels * 1_000_000),
+    )
+
+
+def _valid_host(host: str) -> bool:
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        label = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+        return len(host) <= 253 and re.fullmatch(rf"{label}(\.{label})*", host) is not None
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from clipadapt.index import check_index_dir
+    from clipadapt.index.collection import collection_paths, index_images
+
+    check_index_dir(args.out)
+    csv_options = _csv_options(args) if str(args.data).lower().endswith(".csv") else {}
+    paths = collection_paths(args.data, **csv_options)
+    index, feats = index_images(
+        _backend(args),
+        paths,
+        args.out,
+        kind=args.kind,
+        cache=_cache(args),
+        skip_bad=args.skip_bad,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    for item in feats.skipped:
+        print(f"skipped {display_path(item['path'])}: {item['reason']}", file=sys.stderr)
+    print(
+        f"indexed {len(index)} images ({feats.cached} from cache, {feats.computed} computed, "
+        f"{len(feats.skipped)} skipped) into {args.out}: {index.kind}"
+    )
+    if index.kind == "ivfpq":
+        build = index.meta["build"]
+        print(
+            f"ivfpq: nlist {build['nlist']}, m {build['m']}, nbits {build['nbits']}, "
+            f"nprobe {build['nprobe']}, recall@10 {build['recall@10']:.3f} against exact search "
+            f"({build['recall_convention']})"
+        )
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from clipadapt.index import load_index
+    from clipadapt.index.collection import check_query_backend, encode_query
+    from clipadapt.models import create_backend
+
+    if args.k < 1:
+        raise ValueError(f"--k must be an integer >= 1, got {args.k}")
+    if args.image is not None and not args.image.is_file():
+        raise FileNotFoundError(f"--image {args.image} is not a file")
+    if args.text is not None and not args.text.strip():
+        raise ValueError("--text is empty; give the words to search for")
+    index = load_index(args.index_dir)
+    backend = create_backend(args.model or index.model_spec, args.device)
+    check_query_backend(index, backend, str(args.index_dir))
+    query = encode_query(backend, text=args.text, image=args.image)
+    scores, ids = index.search(query, args.k)
+    lines = [
+        f"{rank}\t{score:.4f}\t{index.paths[row]}"
+        for rank, (score, row) in enumerate(zip(scores[0], ids[0], strict=True), 1)
+        if row >= 0
+    ]
+    sys.stdout.flush()  # file names that are not UTF-8 go out as the bytes they are
+    sys.stdout.buffer.write(
+        "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape")
+    )
+    sys.stdout.buffer.flush()
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
