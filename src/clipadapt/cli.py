@@ -514,7 +514,6 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from clipadapt.data.load import image_paths
     from clipadapt.saved import read_config
 
     read_config(args.model_dir)  # a missing or foreign model fails here, before torch loads
@@ -612,7 +611,7 @@ def _serve_limits(args: argparse.Namespace):
 
     if args.index is not None and not is_index_dir(args.index):
         raise ValueError(f"--index {args.index} is not a clipadapt index directory")
-    from clipadapt.adapted import is_adapted_dir
+    from clipadapt.saved import is_adapted_dir
 
     if not is_adapted_dir(args.model_dir):
         raise ValueError(

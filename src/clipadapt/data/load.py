@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from clipadapt.data.folders import (
     load_image_folder,
     subdirectories,
 )
-from clipadapt.data.images import is_image_file
 from clipadapt.paths import display_path
 
 BUILTIN_PREFIX = "builtin:"
@@ -93,18 +91,3 @@ def _require_classes(dataset: ImageDataset, min_classes: int) -> None:
         f"classes apart needs at least {min_classes}, and with one every prediction is "
         "right: add a folder (or label) per class"
     )
-
-
-def image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given, folders expanded to their image files (recursively, sorted)."""
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if is_image_file(p))
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise DatasetError(f"{item} does not exist; give image files or folders of images")
-    if not paths:
-        raise DatasetError(f"no images found in {', '.join(map(str, inputs))}")
-    return paths
