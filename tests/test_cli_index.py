@@ -66,6 +66,7 @@ def test_skip_bad_leaves_unreadable_images_out(cli_env, image_folder, capsys):
         (["index", "--data", "{tmp}/nowhere", "--out", "{tmp}/i"], "does not exist"),
         (["index", "--data", "{tmp}", "--out", "{tmp}/notes.txt"], "is a file"),
         (["index", "--data", "{tmp}", "--out", "{tmp}/own"], "not a clipadapt index"),
+        (["index", "--data", "{tmp}", "--out", "{tmp}/i", "--recall-target", "0"], "in (0, 1]"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(cli_env, capsys, monkeypatch, args, message):

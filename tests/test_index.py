@@ -70,10 +70,16 @@ def test_ivfpq_records_measured_recall_and_nprobe(tmp_path):
     truth = exact_topk(feats, feats[sample], 10)
     assert recall_at_k(found, truth) == pytest.approx(build_info["recall@10"], abs=1e-4)
     assert build_info["recall@10"] > 0.9  # chance is 10/4000
-    # nprobe is the elbow: each doubling before it gained >= 0.005, the next one less
+    # nprobe is the first power of two to reach the target
     curve = {int(p): r for p, r in build_info["recall_by_nprobe"].items()}
-    assert all(curve[2 * p] - curve[p] >= 0.005 for p in curve if p < nprobe)
-    assert nprobe == max(curve) or curve[2 * nprobe] - curve[nprobe] < 0.005
+    assert max(curve) == nprobe and curve[nprobe] >= 0.95
+    assert all(r < 0.95 for p, r in curve.items() if p < nprobe)
+
+
+def test_ivfpq_scans_every_cell_when_the_target_is_out_of_reach(tmp_path):
+    index = build(tmp_path, clustered_rows(2000, 16, clusters=20), kind="ivfpq", recall_target=1)
+    build_info = index.meta["build"]
+    assert build_info["nprobe"] == build_info["nlist"] or build_info["recall@10"] == 1
 
 
 def test_ivfpq_is_deterministic(tmp_path):
@@ -105,6 +111,12 @@ def test_load_rejects_a_directory_that_is_not_an_index(tmp_path):
     with pytest.raises(ValueError, match="not a clipadapt index"):
         load_index(tmp_path)
     assert not is_index_dir(tmp_path)
+
+
+def test_recall_target_is_checked_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="recall-target"):
+        build(tmp_path, unit_rows(10, 8), recall_target=1.5)
+    assert not (tmp_path / "idx").exists()
 
 
 @pytest.mark.parametrize(

@@ -210,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         "build; auto: flat up to 50,000 images (default: auto)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the IVF-PQ training")
+    p.add_argument(
+        "--recall-target",
+        type=float,
+        default=0.95,
+        help="IVF-PQ: scan the fewest cells (a power of two) whose recall@10 against exact "
+        "search, measured at build, reaches this (default: 0.95)",
+    )
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, list them")
     csv_args(p)
     p.set_defaults(func=cmd_index)
@@ -642,8 +649,10 @@ def _valid_host(host: str) -> bool:
 def cmd_index(args: argparse.Namespace) -> None:
     from clipadapt.index import check_index_dir
     from clipadapt.index.collection import collection_paths, index_images
+    from clipadapt.index.kinds import check_recall_target
 
     check_index_dir(args.out)
+    check_recall_target(args.recall_target)
     csv_options = _csv_options(args) if str(args.data).lower().endswith(".csv") else {}
     paths = collection_paths(args.data, **csv_options)
     index, feats = index_images(
@@ -654,6 +663,7 @@ def cmd_index(args: argparse.Namespace) -> None:
         cache=_cache(args),
         skip_bad=args.skip_bad,
         seed=args.seed,
+        recall_target=args.recall_target,
         progress=not args.quiet,
     )
     for item in feats.skipped:
@@ -666,8 +676,8 @@ def cmd_index(args: argparse.Namespace) -> None:
         build = index.meta["build"]
         print(
             f"ivfpq: nlist {build['nlist']}, m {build['m']}, nbits {build['nbits']}, "
-            f"nprobe {build['nprobe']}, recall@10 {build['recall@10']:.3f} against exact search "
-            f"({build['recall_convention']})"
+            f"nprobe {build['nprobe']} of {build['nlist']} cells, recall@10 "
+            f"{build['recall@10']:.3f} against exact search ({build['recall_convention']})"
         )
 
 

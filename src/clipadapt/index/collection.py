@@ -13,6 +13,7 @@ import numpy as np
 from clipadapt.data import image_paths, load_dataset
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.features import Features, extract_features
+from clipadapt.index.kinds import RECALL_TARGET
 from clipadapt.index.store import ImageIndex, build_index
 from clipadapt.models.base import Backend
 from clipadapt.views import CENTER
@@ -40,6 +41,7 @@ def index_images(
     cache: FeatureCache | None = None,
     skip_bad: bool = False,
     seed: int = 0,
+    recall_target: float = RECALL_TARGET,
     progress: bool = True,
 ) -> tuple[ImageIndex, Features]:
     """Embed ``paths`` (centre view; cached features are reused) and index them in ``out``.
@@ -54,6 +56,7 @@ def index_images(
         image_fingerprint=backend.image_fingerprint,
         kind=kind,
         seed=seed,
+        recall_target=recall_target,
         extra={"view": CENTER, "skipped": feats.skipped},
     )
     return index, feats

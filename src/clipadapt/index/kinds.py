@@ -30,8 +30,8 @@ RECALL_QUERIES = 1000
 K_FACTOR = 16
 # k-means training points per centroid (a seeded subsample; FAISS's default is 256).
 TRAIN_POINTS_PER_CENTROID = 64
-# nprobe: the smallest power of two after which doubling it gains less recall than this.
-NPROBE_MIN_GAIN = 0.005
+# nprobe: the smallest power of two whose measured recall@10 reaches this (all cells if none).
+RECALL_TARGET = 0.95
 # k-means wants >= 39 training points per centroid (FAISS warns below that).
 POINTS_PER_CENTROID = 39
 
@@ -56,6 +56,12 @@ def choose_kind(kind: str, count: int) -> str:
     return kind
 
 
+def check_recall_target(target: float) -> float:
+    if not 0 < target <= 1:
+        raise ValueError(f"--recall-target must be in (0, 1], got {target}")
+    return target
+
+
 def ivfpq_params(count: int, dim: int) -> dict[str, int]:
     """``nlist`` ~ sqrt(N) cells (balances scanning cells against scanning their members;
     each cell trained on >= 39 points); ``m`` sub-quantisers of about 4 dimensions each (the
@@ -68,7 +74,7 @@ def ivfpq_params(count: int, dim: int) -> dict[str, int]:
 
 
 def make_faiss_index(
-    features: np.ndarray, kind: str, *, seed: int = 0
+    features: np.ndarray, kind: str, *, seed: int = 0, recall_target: float = RECALL_TARGET
 ) -> tuple[FaissIndex, dict[str, Any]]:
     """Build the FAISS index of ``features`` (float32, L2-normalised rows).
 
@@ -100,7 +106,7 @@ def make_faiss_index(
     index.train(features)
     index.add(features)
     build_seconds = time.perf_counter() - start
-    nprobe, curve, queries = tune_nprobe(index, features, seed=seed)
+    nprobe, curve, queries = tune_nprobe(index, features, seed=seed, target=recall_target)
     set_nprobe(index, nprobe)
     return index, {
         "kind": kind,
@@ -115,17 +121,19 @@ def make_faiss_index(
             f"mean over {queries} seeded indexed vectors used as queries of "
             f"|approximate top-{RECALL_K} & exact top-{RECALL_K}| / {RECALL_K}"
         ),
+        "recall_target": recall_target,
         "nprobe_rule": (
-            "smallest power of two after which doubling nprobe gains less than "
-            f"{NPROBE_MIN_GAIN} recall@{RECALL_K}"
+            f"smallest power of two whose recall@{RECALL_K} reaches recall_target "
+            "(every cell when none does)"
         ),
     }
 
 
 def tune_nprobe(
-    index: FaissIndex, features: np.ndarray, *, seed: int
+    index: FaissIndex, features: np.ndarray, *, seed: int, target: float = RECALL_TARGET
 ) -> tuple[int, dict[str, float], int]:
-    """Measure recall@10 against exact search for nprobe = 1, 2, 4, ... and pick the elbow.
+    """Measure recall@10 against exact search for nprobe = 1, 2, 4, ... (then every cell) and
+    stop at the first that reaches ``target``.
 
     Returns the chosen nprobe, the recall at every nprobe tried (keys are strings, as in
     JSON) and the number of query vectors.
@@ -136,23 +144,15 @@ def tune_nprobe(
     k = min(RECALL_K, len(features))
     truth = exact_topk(features, queries, k)
     curve: dict[str, float] = {}
-
-    def recall(nprobe: int) -> float:
+    nlist = faiss_module().extract_index_ivf(index).nlist
+    nprobe = 1
+    while True:
         set_nprobe(index, nprobe)
         _, found = index.search(queries, k)
         curve[str(nprobe)] = round(recall_at_k(found, truth), 4)
-        return curve[str(nprobe)]
-
-    nlist = faiss_module().extract_index_ivf(index).nlist
-    nprobe = 1
-    current = recall(nprobe)
-    while nprobe < nlist:
-        wider = min(2 * nprobe, nlist)
-        gain = recall(wider) - current
-        if gain < NPROBE_MIN_GAIN:
-            break
-        nprobe, current = wider, curve[str(wider)]
-    return nprobe, curve, len(queries)
+        if curve[str(nprobe)] >= target or nprobe == nlist:
+            return nprobe, curve, len(queries)
+        nprobe = min(2 * nprobe, nlist)
 
 
 def set_nprobe(index: FaissIndex, nprobe: int) -> None:

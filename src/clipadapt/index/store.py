@@ -13,7 +13,15 @@ import numpy as np
 
 from clipadapt import __version__
 from clipadapt.atomic import atomic_write_json, replace_directory
-from clipadapt.index.kinds import KINDS, FaissIndex, faiss_module, make_faiss_index, set_nprobe
+from clipadapt.index.kinds import (
+    KINDS,
+    RECALL_TARGET,
+    FaissIndex,
+    check_recall_target,
+    faiss_module,
+    make_faiss_index,
+    set_nprobe,
+)
 
 INDEX_FORMAT = "clipadapt-index/1"
 META_FILE = "index.json"
@@ -77,17 +85,20 @@ def build_index(
     image_fingerprint: str,
     kind: str = "auto",
     seed: int = 0,
+    recall_target: float = RECALL_TARGET,
     extra: dict[str, Any] | None = None,
 ) -> ImageIndex:
     """Index ``features`` (row i is image ``paths[i]``) and write the directory ``out``.
 
-    ``kind``: ``flat`` (exact), ``ivfpq`` (approximate; recall measured and recorded) or
+    ``kind``: ``flat`` (exact), ``ivfpq`` (approximate: nprobe is the smallest power of two
+    whose recall@10 against exact search reaches ``recall_target``; the recall is recorded) or
     ``auto`` (see ``kinds.choose_kind``). ``extra`` is stored in ``index.json`` as given.
     An existing ``out`` must be an index this program wrote (``check_index_dir``).
     """
     target = check_index_dir(out)
+    check_recall_target(recall_target)
     features = _check_features(features, paths)
-    faiss_index, build = make_faiss_index(features, kind, seed=seed)
+    faiss_index, build = make_faiss_index(features, kind, seed=seed, recall_target=recall_target)
     meta = {
         "format": INDEX_FORMAT,
         "clipadapt_version": __version__,
