@@ -11,3 +11,7 @@ SELECTION_MODES = ("validation", "cv", "crafted_shift")
 stratified k-fold cross-validation over the labelled few-shot images (support + validation
 pooled, never test), or accuracy on the validation images under crafted shifts
 (``clipadapt.views.CRAFTED_SHIFTS``: style changes and corruptions; no target data)."""
+
+CALIBRATION_MODES = ("none", "temperature")
+"""Post-hoc calibration of a method's probabilities: none, or temperature scaling (one scalar
+T fitted by minimising the NLL on the few-shot validation set; clipadapt.calibration)."""

@@ -135,11 +135,15 @@ class RunResult:
 @dataclass(kw_only=True)
 class ClassificationResult(RunResult):
     """Closed-set accuracy per target (``metrics[target]`` is None where not applicable);
-    under ``selection: crafted_shift`` also ``selection_acc1``, the fitted method's acc1 on
+    ``metrics[target]["calibration"]`` holds the calibration metrics (clipadapt.calibration)
+    of the raw logits and, with temperature scaling, of the scaled ones; ``calibration`` says
+    how the temperature was fitted (None in results written before calibration existed).
+    Under ``selection: crafted_shift`` also ``selection_acc1``, the fitted method's acc1 on
     the few-shot validation set plain (``validation``) and under the crafted shifts
     (``crafted_shift``): what model selection may compare, never test data."""
 
     task: ClassVar[str] = CLASSIFICATION_TASK
+    calibration: dict[str, Any] | None = None
     selection_acc1: dict[str, float] | None = None
 
 
