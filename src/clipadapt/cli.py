@@ -31,10 +31,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.ERROR if args.quiet else logging.WARNING, format="%(message)s"
     )
     try:
+        if _distributed(args):
+            return _run_distributed(args)
         return int(args.func(args) or 0)
     except (DatasetError, ValueError, FileNotFoundError) as err:
         print(f"clipadapt: error: {err}", file=sys.stderr)
         return 2
+
+
+def _distributed(args: argparse.Namespace) -> bool:
+    """True when torchrun started this process as one of several; only adapt trains so."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if args.func is not cmd_adapt:
+        raise ValueError(
+            "under torchrun (WORLD_SIZE > 1) only 'clipadapt adapt' runs; start other "
+            "commands as one process"
+        )
+    return True
+
+
+def _other_rank() -> bool:
+    """A torchrun rank other than 0 (only possible once ``_run_distributed`` started it)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_initialized() and dist.get_rank() != 0
+
+
+def _run_distributed(args: argparse.Namespace) -> int:
+    """Run ``adapt`` as one rank: the training loop splits each batch over the ranks; rank 0
+    alone prints and writes."""
+    from clipadapt.scale.distributed import init_from_env, is_main_process, leave
+
+    args.device = init_from_env(args.device)
+    if not is_main_process():
+        args.quiet = True
+    try:
+        return int(args.func(args) or 0)
+    finally:
+        leave()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -513,6 +549,8 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         ood_score=None if args.no_ood else args.ood_score,
         accept=args.accept,
     )
+    if _other_rank():
+        return  # another rank of a torchrun job; rank 0 reports and saves
     print(format_adapted(adapted))
     print(f"model saved to {args.out}; label images with: clipadapt predict {args.out} <images>")
 
