@@ -67,10 +67,9 @@ def _run_distributed(args: argparse.Namespace) -> int:
     args.device = init_from_env(args.device)
     if not is_main_process():
         args.quiet = True
-    try:
-        return int(args.func(args) or 0)
-    finally:
-        leave()
+    code = int(args.func(args) or 0)
+    leave()  # not after an error: that rank exits, and torchrun stops the others
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
