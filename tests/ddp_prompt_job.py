@@ -59,7 +59,8 @@ def main() -> int:
     except Stop:
         return 3
     finally:
-        if dist.is_initialized():
+        if dist.is_initialized():  # no rank may close its sockets while another still reads
+            dist.barrier()
             dist.destroy_process_group()
     if rank == 0:
         result = {"losses": method.step_losses, "ctx": method.state("ctx").flatten().tolist()}

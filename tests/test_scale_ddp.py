@@ -29,7 +29,7 @@ def run_job(model_dir: Path, out: Path, procs: int, checkpoints: str = "-", stop
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
     )
     return done
 

@@ -103,7 +103,7 @@ def embed_with_ray(
             f"each Ray worker asks for {worker_cpus} CPUs but the Ray cluster has {cpus}; "
             "lower --worker-cpus"
         )
-    directory = Path(directory)
+    directory, gpu = Path(directory), backend.device.type == "cuda"
     batch = batch_size or backend.preferred_batch_size
     key = ShardKey(backend.image_fingerprint, view_key(view), backend.info.spec, view)
     plans = plan_shards([os.fspath(p) for p in paths], key, -(-shard_size // batch) * batch)
@@ -136,9 +136,10 @@ def embed_with_ray(
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=worker_cpus,
+                num_gpus=1 if gpu else 0,  # Ray makes the actor's GPU the only one it sees
                 fn_constructor_kwargs={
                     "spec": backend.info.spec,
-                    "device": str(backend.device),
+                    "device": "cuda" if gpu else "cpu",
                     "model_key": key.model_key,
                     "threads": max(1, math.ceil(worker_cpus)),
                 },
@@ -151,6 +152,10 @@ def embed_with_ray(
                 for index, listed in writer.add(part).items():
                     skipped[index] = listed
                 bar.update(len(part["row"]))
+        if writer.parts:
+            raise RuntimeError(
+                f"the Ray job ended without the rows of shards {sorted(writer.parts)}"
+            )
         computed = total - sum(
             len(listed) for index, listed in skipped.items() if index in writer.plans
         )

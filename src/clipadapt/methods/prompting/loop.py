@@ -113,7 +113,7 @@ def train_epochs(
                             value.backward()
                     if size > 1:
                         value = _all_reduce(params, value.detach(), len(rows) / len(batch))
-                    log.losses.append(float(value))
+                    log.losses.append(float(value.detach()))
                     optimizer.step()
                     schedule.step()
             log.seconds.append(time.perf_counter() - began)
