@@ -282,7 +282,8 @@ def test_report_writes_csv_markdown_and_html(domains, tmp_path, backend) -> None
     assert "## single_source · colors" in markdown and "| gda |" in markdown
     assert "Source bright: acc1 (%) per target at 2 shots" in markdown
     page = written["html"].read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<table>" in page
+    # accuracy: shots, domains, confusion; calibration: 3 reliability + effective robustness
+    assert page.count("data:image/png;base64,") == 3 + 4 and "<table>" in page
     assert (tmp_path / "report/figures/single_source_colors_shots.png").stat().st_size > 1000
 
 

@@ -3,6 +3,7 @@ cache, unreadable files listed (never fatal), and a killed job resumed without r
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -168,6 +169,10 @@ def test_cli_embed_with_ray_imports_into_the_cache(
     assert "0 computed" in out.splitlines()[-1]  # --output read the cache, encoded nothing
     assert main(["cache", "import", str(tmp_path / "s"), "--cache-dir", str(tmp_path / "c2")]) == 0
     assert "imported 6 features from 1 shards" in capsys.readouterr().out
+    if importlib.util.find_spec("faiss") is not None:  # the index reads them, encodes nothing
+        index = ["index", "--model", model, "--data", str(data), "--out", str(tmp_path / "i")]
+        assert main([*index, "--cache-dir", str(tmp_path / "c2"), "-q"]) == 0
+        assert "(6 from cache, 0 computed, 0 skipped)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

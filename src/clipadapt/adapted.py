@@ -13,7 +13,6 @@ import csv
 import io
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,27 +21,25 @@ from typing import Any
 import torch
 
 from clipadapt import __version__
-from clipadapt.atomic import atomic_write_text
-from clipadapt.data import ImageDataset, is_image_file
-from clipadapt.data.errors import DatasetError
+from clipadapt.atomic import atomic_write_text, replace_directory
+from clipadapt.data import ImageDataset
 from clipadapt.defaults import DEFAULT_VIEWS
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.features import extract_features
 from clipadapt.methods import Method, create_method, load_method
-from clipadapt.methods.base import read_config
 from clipadapt.methods.prompting.loop import world
 from clipadapt.models.base import Backend
 from clipadapt.ood import UNKNOWN, OpenSetClassifier, ScoreInput
-from clipadapt.ood.local import extract_local_features
+from clipadapt.ood.local import encode_local_features, extract_local_features
 from clipadapt.ood.openset import CONFIG_KEY as OPEN_SET_KEY
 from clipadapt.pipeline.experiment import Experiment, Fitted
 from clipadapt.pipeline.fitting import reads_unlabeled, torch_threads, views_given
 from clipadapt.pipeline.openset import false_unknown_rate
 from clipadapt.pipeline.task import TEST, Images, Setting, Splits, Target
 from clipadapt.prompts import make_prompt_set
+from clipadapt.saved import ADAPTED_FORMAT, check_model_dir, read_config
 from clipadapt.views import DEFAULT_AUGMENT
 
-ADAPTED_FORMAT = "clipadapt.adapted/1"
 DEFAULT_OOD_SCORE = "knn"
 DEFAULT_OOD_REASON = (
     "the default: k-nearest-neighbour distance to the support features reads image features "
@@ -68,31 +65,10 @@ class Adapted:
     def classnames(self) -> list[str]:
         return self.info["classes"]["classnames"]
 
-
-def check_model_dir(out: str | os.PathLike[str]) -> Path:
-    """Where ``adapt`` may write a model: a new path, an empty directory, or a directory that
-    holds a clipadapt adapted model (replaced whole). Anything else is refused, before any
-    work is done: the user's own files are never deleted."""
-    target = Path(out)
-    if target.resolve() == Path.cwd().resolve() or target.name in ("", ".", ".."):
-        raise ValueError(f"--out {out}: name a directory for the model, not '{out}' itself")
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"--out {out} is a file; name a new or empty directory for the model")
-    if target.is_dir() and any(target.iterdir()) and not is_adapted_dir(target):
-        raise ValueError(
-            f"--out {out} holds files that are not a clipadapt model; choose a new or empty "
-            "directory (nothing was changed)"
-        )
-    return target
-
-
-def is_adapted_dir(directory: Path) -> bool:
-    """True when ``directory/config.json`` records a model written by ``adapt``."""
-    try:
-        info = read_config(directory).get("adapted")
-    except (OSError, ValueError):
-        return False
-    return isinstance(info, dict) and info.get("format") == ADAPTED_FORMAT
+    @property
+    def temperature(self) -> float:
+        """The temperature ``predict`` divides logits by (1 for models saved without one)."""
+        return float((self.info.get("calibration") or {}).get("temperature", 1.0))
 
 
 def adapt(
@@ -116,6 +92,7 @@ def adapt(
     progress: bool = True,
     ood_score: str | None = DEFAULT_OOD_SCORE,
     accept: float = 0.95,
+    calibrate: str = "none",
 ) -> Adapted:
     """Fit ``method`` on ``shots`` images per class of ``dataset`` and save it to ``out``.
 
@@ -127,6 +104,9 @@ def adapt(
     on the same support data and its "unknown" threshold calibrated on the few-shot
     validation set only (accepting ``accept`` of it); both are saved with the model
     (``OpenSetClassifier.save``) so that ``predict`` says ``unknown`` for rejected images.
+
+    With ``calibrate="temperature"`` a temperature is fitted on the few-shot validation set
+    (``Experiment.fit_temperature``) and saved; ``predict``'s probabilities use it.
     """
     target = check_model_dir(out)
     fitted_method = create_method(method, **(hyperparameters or {}))
@@ -160,6 +140,9 @@ def adapt(
     )
     checkpoints = target.parent / f".{target.name}.checkpoints"  # resumes a killed fit
     fitted = experiment.fit(fitted_method, setting, data, seed=seed, checkpoint_dir=checkpoints)
+    calibration: dict[str, Any] = {"mode": "none"}
+    if calibrate == "temperature":
+        calibration = experiment.fit_temperature(fitted, setting, shots, seed)
     open_set, n_calibration = None, 0
     if ood_score is not None:
         open_set, n_calibration = _calibrate_open_set(
@@ -168,7 +151,7 @@ def adapt(
     evaluation: dict[str, Any] | None = None
     if tests:
         zeroshot = experiment.fit(create_method("zeroshot"), setting, data, seed=seed)
-        scored = experiment.evaluate(fitted, setting)[0][domain]
+        scored = experiment.evaluate(fitted, setting, calibration.get("temperature"))[0][domain]
         evaluation = {
             "split": "test",
             "n": scored["n"],
@@ -214,6 +197,7 @@ def adapt(
             "split_file": SPLIT_FILE,
         },
         "fit_seconds": round(fitted.fit_seconds, 6),
+        "calibration": calibration,
         "open_set": None
         if open_set is None
         else {
@@ -295,21 +279,6 @@ def check_backend(adapted: Adapted, backend: Backend, directory: str | os.PathLi
         )
 
 
-def image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given, folders expanded to their image files (recursively, sorted)."""
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if is_image_file(p))
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise DatasetError(f"{item} does not exist; give image files or folders of images")
-    if not paths:
-        raise DatasetError(f"no images found in {', '.join(map(str, inputs))}")
-    return paths
-
-
 def predict(
     adapted: Adapted,
     backend: Backend,
@@ -319,53 +288,106 @@ def predict(
     skip_bad: bool = False,
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """One row per readable image: path, label (the class name the model stores), class_id
-    (its folder name), score (softmax probability of the top class), margin (top-1 minus
-    top-2 logit: the log-odds between the two best classes, informative where the
-    probability rounds to 1), top-5 names with probabilities; and the list of skipped images.
-    A model saved with an "unknown" threshold labels the
-    images whose OOD score exceeds it ``unknown`` (top-5 keeps the closed-set guesses) and
-    adds the ``ood_score`` column."""
+    """One CSV row per readable image (its path, then ``csv_fields`` of its
+    ``prediction_rows`` entry) and the list of skipped images."""
     method = adapted.method
     method.attach(backend)  # methods that run the text tower when predicting
     eval_backend = method.feature_backend(backend)
     feats = extract_features(eval_backend, paths, cache=cache, skip_bad=skip_bad, progress=progress)
+    read = [paths[i] for i in feats.indices]
+    plain = local = None
+    if adapted.open_set is not None:
+        if eval_backend is not backend:
+            plain = extract_features(backend, read, cache=cache, progress=progress).features
+        if adapted.open_set.needs_local_features:
+            local = extract_local_features(backend, read)
+    rows = prediction_rows(adapted, feats.features, plain=plain, local=local)
+    # undecodable bytes in a path are kept (surrogate escapes)
+    paths_rows = zip(read, rows, strict=True)
+    return [{"path": str(path)} | csv_fields(row) for path, row in paths_rows], feats.skipped
+
+
+def predict_pixels(
+    adapted: Adapted, backend: Backend, pixels: torch.Tensor
+) -> list[dict[str, Any]]:
+    """``prediction_rows`` of a batch already through ``backend.preprocess`` (B, 3, H, W):
+    images held in memory, never read from a file (the server's path). ``adapted.method``
+    must have been given the backend (``method.attach(backend)``)."""
+    eval_backend = adapted.method.feature_backend(backend)
+    features = eval_backend.encode_images(pixels)
+    plain = local = None
+    if adapted.open_set is not None:
+        if eval_backend is not backend:
+            plain = backend.encode_images(pixels)
+        if adapted.open_set.needs_local_features:
+            local = encode_local_features(backend, pixels)
+    return prediction_rows(adapted, features, plain=plain, local=local)
+
+
+def prediction_rows(
+    adapted: Adapted,
+    features: torch.Tensor,
+    *,
+    plain: torch.Tensor | None = None,
+    local: torch.Tensor | None = None,
+) -> list[dict[str, Any]]:
+    """One entry per row of ``features`` (the image features the method reads): label (the
+    class name the model stores), class_id (its folder name), score (probability of the top
+    class: softmax of the logits divided by the model's saved temperature, 1 without one),
+    margin (top-1 minus top-2 raw logit, never temperature-scaled: the log-odds between the
+    two best classes, informative where the probability rounds to 1), top5 (``(name, probability)``
+    pairs, best first). A model saved with an "unknown" threshold labels the rows whose OOD
+    score exceeds it ``unknown`` (top5 keeps the closed-set guesses) and adds ``ood_score``
+    (higher = more out-of-distribution) and ``unknown`` (whether it exceeds the threshold).
+    The detector reads ``plain`` (the backend's own features, when the method adapted the
+    image side; default ``features``) and ``local`` (patch features, if it uses them).
+    """
     open_set, ood = adapted.open_set, None
     if open_set is not None:
-        plain = feats.features
-        if eval_backend is not backend:
-            read = [paths[i] for i in feats.indices]
-            plain = extract_features(backend, read, cache=cache, progress=progress).features
-        local = None
-        if open_set.needs_local_features:
-            local = extract_local_features(backend, [paths[i] for i in feats.indices])
         with torch_threads(), torch.inference_mode():
-            ood = open_set.scores(plain, method_features=feats.features, local_features=local)
+            ood = open_set.scores(
+                features if plain is None else plain,
+                method_features=features,
+                local_features=local,
+            )
     with torch_threads(), torch.inference_mode():
-        logits = method.predict_logits(feats.features).double()
-    probs = logits.softmax(dim=-1)  # float64: GDA's logits saturate a float32 softmax
+        logits = adapted.method.predict_logits(features).double()
+    probs = (logits / adapted.temperature).softmax(dim=-1)  # float64: GDA's logits saturate
     top = probs.topk(min(TOP_K, probs.shape[1]), dim=-1)
     best = logits.topk(min(2, logits.shape[1]), dim=-1).values
     margins = best[:, 0] - best[:, -1]
     names = adapted.classnames
     rows = []
-    for row, index in enumerate(feats.indices):
+    for row in range(len(features)):
         values, classes = top.values[row].tolist(), top.indices[row].tolist()
-        entry = {
-            "path": str(paths[index]),  # undecodable bytes kept (surrogate escapes)
+        entry: dict[str, Any] = {
             "label": names[classes[0]],
             "class_id": adapted.class_ids[classes[0]],
-            "score": f"{values[0]:.6f}",
-            "margin": f"{float(margins[row]):.4g}",
-            "top5": ";".join(f"{names[c]}:{v:.6f}" for c, v in zip(classes, values, strict=True)),
+            "score": values[0],
+            "margin": float(margins[row]),
+            "top5": [(names[c], v) for c, v in zip(classes, values, strict=True)],
         }
         if ood is not None:
-            value = float(ood[row])
-            entry["ood_score"] = f"{value:.6g}"
-            if value > open_set.threshold:
+            entry["ood_score"] = float(ood[row])
+            entry["unknown"] = entry["ood_score"] > open_set.threshold
+            if entry["unknown"]:
                 entry["label"] = UNKNOWN
         rows.append(entry)
-    return rows, feats.skipped
+    return rows
+
+
+def csv_fields(row: dict[str, Any]) -> dict[str, str]:
+    """A ``prediction_rows`` entry as the CSV columns ``predict`` writes."""
+    fields = {
+        "label": row["label"],
+        "class_id": row["class_id"],
+        "score": f"{row['score']:.6f}",
+        "margin": f"{row['margin']:.4g}",
+        "top5": ";".join(f"{name}:{value:.6f}" for name, value in row["top5"]),
+    }
+    if "ood_score" in row:
+        fields["ood_score"] = f"{row['ood_score']:.6g}"
+    return fields
 
 
 def predictions_csv(rows: list[dict[str, Any]]) -> str:
@@ -384,19 +406,7 @@ def write_predictions(rows: list[dict[str, Any]], output: str | os.PathLike[str]
 
 
 def _replace_directory(target: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory beside ``target`` with ``write(dir)``, then swap it into place;
-    an existing ``target`` must be an adapted model (``check_model_dir``)."""
+    """Write the model directory with ``write(dir)`` and swap it into place; an existing
+    ``target`` must be an adapted model (``check_model_dir``)."""
     check_model_dir(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        write(staging)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
-            os.replace(target, old / "model")
-            os.replace(staging, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    replace_directory(target, write)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -47,3 +48,24 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def replace_directory(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a directory beside ``target`` with ``write(dir)``, then swap it into place.
+
+    The caller checks first that an existing ``target`` is one of its own directories: the
+    old one is removed whole once the new one is in place.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        write(staging)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+            os.replace(target, old / "previous")
+            os.replace(staging, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -14,9 +14,9 @@ from typing import Any
 
 from clipadapt import __version__, runtime
 from clipadapt.bench.config import PROTOCOLS
-from clipadapt.data import ImageDataset, load_dataset
+from clipadapt.data import ImageDataset, image_paths, load_dataset
 from clipadapt.data.errors import DatasetError
-from clipadapt.defaults import DEFAULT_VIEWS, SELECTION_MODES
+from clipadapt.defaults import CALIBRATION_MODES, DEFAULT_VIEWS, SELECTION_MODES
 from clipadapt.demo import DEMO_METHOD
 from clipadapt.paths import display_path
 
@@ -196,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-ood", action="store_true", help="save no 'unknown' threshold (closed-set only)"
     )
+    p.add_argument(
+        "--calibrate",
+        choices=CALIBRATION_MODES,
+        default="none",
+        help="temperature: fit a temperature on the few-shot validation set and save it; "
+        "predict's scores then use softmax(logits / T) (default: none)",
+    )
     p.add_argument("--out", type=Path, required=True, help="the model directory to write")
     p.set_defaults(func=cmd_adapt)
 
@@ -208,6 +215,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, list them")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="serve an adapted model over HTTP, with a web page")
+    p.add_argument("model_dir", type=Path, help="a directory written by clipadapt adapt")
+    p.add_argument(
+        "--index", type=Path, help="an index written by clipadapt index with the model's backend"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="images per forward pass when batching requests (1: no batching; default: 16)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long a batch waits for more requests (default: 2)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests waiting for the model before new ones get 503 (default: 64)",
+    )
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit")
+    p.add_argument("--max-files", type=int, default=16, help="images per request")
+    p.add_argument(
+        "--max-megapixels", type=float, default=40.0, help="pixels per decoded image (millions)"
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("index", help="embed a collection of images and build a search index")
+    _model_args(p)
+    p.add_argument(
+        "--data",
+        required=True,
+        help="a folder (every image under it), a .csv of image paths, or builtin:<name>",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the index directory to write")
+    p.add_argument(
+        "--kind",
+        choices=["auto", "flat", "ivfpq"],
+        default="auto",
+        help="flat: exact; ivfpq: IVF-PQ candidates re-ranked exactly, recall measured at "
+        "build; auto: flat up to 50,000 images (default: auto)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the IVF-PQ training")
+    p.add_argument(
+        "--recall-target",
+        type=float,
+        default=0.95,
+        help="IVF-PQ: scan the fewest cells (a power of two) whose recall@10 against exact "
+        "search, measured at build, reaches this (default: 0.95)",
+    )
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, list them")
+    csv_args(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="the images of an index closest to a text or an image")
+    p.add_argument("index_dir", type=Path, help="a directory written by clipadapt index")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="a text query, e.g. 'a photo of a dog'")
+    query.add_argument("--image", type=Path, help="an image file as the query")
+    p.add_argument("--k", type=int, default=10, help="how many images (default: 10)")
+    p.add_argument(
+        "--model", help="model spec encoding the query (default: the one the index was built with)"
+    )
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser(
         "demo",
@@ -241,6 +320,12 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
         "--selection",
         choices=SELECTION_MODES,
         help="hyperparameter selection (default: validation)",
+    )
+    p.add_argument(
+        "--calibrate",
+        choices=CALIBRATION_MODES,
+        help="post-hoc calibration: temperature scaling fitted on the few-shot validation set "
+        "(default: none)",
     )
     p.add_argument("--shots", help="comma-separated shot counts (default: 1,2,4,8,16)")
     p.add_argument("--seeds", help="comma-separated seeds (default: 1,2,3)")
@@ -307,19 +392,20 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    if args.engine == "ray":
+        _check_ray_args(args)
+    datasets = _datasets(args)  # bad data fails here, before torch loads
     from safetensors.torch import save_file
 
     from clipadapt.atomic import atomic_write
     from clipadapt.features import extract_features
 
-    if args.engine == "ray":
-        _check_ray_args(args)
     backend = _backend(args)
     if args.engine == "ray":
         _embed_with_ray(args, backend)
-    for name, dataset in _datasets(args).items():
-        if args.engine == "ray" and not args.output:
-            break  # the shards are in the cache; nothing more to write
+        if not args.output:
+            return  # the features are in the shards and the cache
+    for name, dataset in datasets.items():
         feats = extract_features(
             backend,
             dataset.paths,
@@ -336,9 +422,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
             import torch
 
             target = (
-                args.output
-                if len(_datasets(args)) == 1
-                else args.output / f"{_slug(name)}.safetensors"
+                args.output if len(datasets) == 1 else args.output / f"{_slug(name)}.safetensors"
             )
             labels = torch.from_numpy(dataset.labels[feats.indices])
             tensors = {"features": feats.features, "labels": labels}
@@ -405,12 +489,12 @@ def _embed_with_ray(args: argparse.Namespace, backend) -> None:
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> None:
+    datasets = _datasets(args)  # bad data fails here, before torch loads
     from clipadapt.atomic import atomic_write_json
     from clipadapt.bench.zeroshot import run_zeroshot
     from clipadapt.prompts import make_prompt_set
 
     backend = _backend(args)
-    datasets = _datasets(args)
     rows = []
     for name, dataset in datasets.items():
         prompts = make_prompt_set(args.templates, args.descriptions, dataset.classnames)
@@ -479,13 +563,19 @@ def cmd_lite_align(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from clipadapt.bench.config import BenchConfig, read_config_file
-    from clipadapt.bench.runner import run_bench
+    from clipadapt.catalog import check_detector, check_method
 
     values = read_config_file(args.config) if args.config else {}
     names = [field.name for field in dataclasses.fields(BenchConfig)]
     flags = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     where = f"benchmark config {args.config}" if args.config else "clipadapt bench"
     config = BenchConfig.from_mapping(values | flags, where=where)
+    for name in config.method_names.values():  # before torch loads
+        check_method(name)
+    for name in config.detectors:
+        check_detector(name)
+    from clipadapt.bench.runner import run_bench
+
     summary = run_bench(
         config, overwrite=args.overwrite, prepare_only=args.prepare_only, progress=not args.quiet
     )
@@ -500,6 +590,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    if not args.results.is_dir():  # before matplotlib and torch load
+        raise ValueError(f"{args.results} is not a folder; give the --out of clipadapt bench")
     from clipadapt.bench.report import write_report
 
     written = write_report(args.results, args.out or args.results / "report")
@@ -508,18 +600,15 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:
-    from clipadapt.adapted import adapt, check_model_dir
-    from clipadapt.methods import create_method
-    from clipadapt.ood import DETECTORS
+    from clipadapt.catalog import check_detector, check_method
+    from clipadapt.saved import check_model_dir
     from clipadapt.views import parse_augment
 
     check_model_dir(args.out)
-    create_method(args.method)  # an unknown method fails here, before any model loads
+    check_method(args.method)  # every argument is checked before torch or a model loads
     augment = parse_augment(args.augment)
-    if not args.no_ood and args.ood_score not in DETECTORS:
-        raise ValueError(
-            f"unknown OOD score {args.ood_score!r} (--ood-score); use one of {', '.join(DETECTORS)}"
-        )
+    if not args.no_ood:
+        check_detector(args.ood_score)
     for flag, value, minimum in (("--shots", args.shots, 1), ("--views", args.views, 0)):
         if value < minimum:
             raise ValueError(f"{flag} must be an integer >= {minimum}, got {value}")
@@ -528,6 +617,8 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     if not 0 <= args.test_fraction < 1:
         raise ValueError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
     dataset = _single_dataset(args)
+    from clipadapt.adapted import adapt
+
     adapted = adapt(
         _backend(args),
         dataset,
@@ -547,6 +638,7 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         ood_score=None if args.no_ood else args.ood_score,
         accept=args.accept,
+        calibrate=args.calibrate,
     )
     if _other_rank():
         return  # another rank of a torchrun job; rank 0 reports and saves
@@ -555,9 +647,12 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from clipadapt.saved import read_config
+
+    read_config(args.model_dir)  # a missing or foreign model fails here, before torch loads
+    paths = image_paths(args.images)
     from clipadapt.adapted import (
         check_backend,
-        image_paths,
         load_adapted,
         predict,
         predictions_csv,
@@ -571,7 +666,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     rows, skipped = predict(
         adapted,
         backend,
-        image_paths(args.images),
+        paths,
         cache=_cache(args),
         skip_bad=args.skip_bad,
         progress=not args.quiet,
@@ -584,6 +679,160 @@ def cmd_predict(args: argparse.Namespace) -> None:
         sys.stdout.flush()
         sys.stdout.buffer.write(predictions_csv(rows).encode("utf-8", "surrogateescape"))
         sys.stdout.buffer.flush()
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    limits = _serve_limits(args)
+    import uvicorn
+
+    from clipadapt.serve import create_app
+
+    app = create_app(
+        args.model_dir,
+        args.index,
+        device=args.device,
+        limits=limits,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+    )
+    print(f"serving {args.model_dir} on http://{args.host}:{args.port}/ (Ctrl+C stops)")
+    # connections past the queue (plus a few for /health and the page) get 503 unread, which
+    # bounds the memory held by request bodies to about (max_queue + 8) x --max-upload-mb
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning" if args.quiet else "info",
+        limit_concurrency=args.max_queue + 8,
+    )
+
+
+def _serve_limits(args: argparse.Namespace):
+    """Check every ``serve`` argument without loading anything; the upload limits."""
+    import importlib.util
+
+    missing = [
+        m for m in ("fastapi", "uvicorn", "python_multipart") if not importlib.util.find_spec(m)
+    ]
+    if missing:
+        raise ValueError(
+            f"clipadapt serve needs {', '.join(missing)}: pip install 'clipadapt[serve]'"
+        )
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: use a port from 1 to 65535")
+    if not _valid_host(args.host):
+        raise ValueError(f"--host {args.host!r}: give an IP address or a host name")
+    for flag, value, low in (
+        ("--max-batch", args.max_batch, 1),
+        ("--max-queue", args.max_queue, 1),
+        ("--max-files", args.max_files, 1),
+        ("--max-wait-ms", args.max_wait_ms, 0),
+    ):
+        if value < low:
+            raise ValueError(f"{flag} {value}: must be at least {low}")
+    from PIL import Image
+
+    pillow_cap = Image.MAX_IMAGE_PIXELS / 1e6
+    if args.max_upload_mb <= 0 or not 0 < args.max_megapixels <= pillow_cap:
+        raise ValueError(
+            f"--max-upload-mb must be positive and --max-megapixels from 0 to {pillow_cap:.0f} "
+            f"(Pillow's own decompression-bomb limit); got {args.max_upload_mb:g} and "
+            f"{args.max_megapixels:g}"
+        )
+    from clipadapt.index import is_index_dir
+
+    if args.index is not None and not is_index_dir(args.index):
+        raise ValueError(f"--index {args.index} is not a clipadapt index directory")
+    from clipadapt.saved import is_adapted_dir
+
+    if not is_adapted_dir(args.model_dir):
+        raise ValueError(
+            f"{args.model_dir} is not a clipadapt adapted model (no config.json written by "
+            "clipadapt adapt); give the --out directory of clipadapt adapt"
+        )
+    from clipadapt.serve.uploads import Limits
+
+    return Limits(
+        max_body_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_files=args.max_files,
+        max_pixels=int(args.max_megapixels * 1_000_000),
+    )
+
+
+def _valid_host(host: str) -> bool:
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        label = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+        return len(host) <= 253 and re.fullmatch(rf"{label}(\.{label})*", host) is not None
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from clipadapt.index import check_index_dir
+    from clipadapt.index.collection import collection_paths, index_images
+    from clipadapt.index.kinds import check_recall_target
+
+    check_index_dir(args.out)
+    check_recall_target(args.recall_target)
+    csv_options = _csv_options(args) if str(args.data).lower().endswith(".csv") else {}
+    paths = collection_paths(args.data, **csv_options)
+    index, feats = index_images(
+        _backend(args),
+        paths,
+        args.out,
+        kind=args.kind,
+        cache=_cache(args),
+        skip_bad=args.skip_bad,
+        seed=args.seed,
+        recall_target=args.recall_target,
+        progress=not args.quiet,
+    )
+    for item in feats.skipped:
+        print(f"skipped {display_path(item['path'])}: {item['reason']}", file=sys.stderr)
+    print(
+        f"indexed {len(index)} images ({feats.cached} from cache, {feats.computed} computed, "
+        f"{len(feats.skipped)} skipped) into {args.out}: {index.kind}"
+    )
+    if index.kind == "ivfpq":
+        build = index.meta["build"]
+        print(
+            f"ivfpq: nlist {build['nlist']}, m {build['m']}, nbits {build['nbits']}, "
+            f"nprobe {build['nprobe']} of {build['nlist']} cells, recall@10 "
+            f"{build['recall@10']:.3f} against exact search ({build['recall_convention']})"
+        )
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from clipadapt.index import load_index
+    from clipadapt.index.collection import check_query_backend, encode_query
+    from clipadapt.models import create_backend
+
+    if args.k < 1:
+        raise ValueError(f"--k must be an integer >= 1, got {args.k}")
+    if args.image is not None and not args.image.is_file():
+        raise FileNotFoundError(f"--image {args.image} is not a file")
+    if args.text is not None and not args.text.strip():
+        raise ValueError("--text is empty; give the words to search for")
+    index = load_index(args.index_dir)
+    backend = create_backend(args.model or index.model_spec, args.device)
+    check_query_backend(index, backend, str(args.index_dir))
+    query = encode_query(backend, text=args.text, image=args.image)
+    scores, ids = index.search(query, args.k)
+    lines = [
+        f"{rank}\t{score:.4f}\t{index.paths[row]}"
+        for rank, (score, row) in enumerate(zip(scores[0], ids[0], strict=True), 1)
+        if row >= 0
+    ]
+    sys.stdout.flush()  # file names that are not UTF-8 go out as the bytes they are
+    sys.stdout.buffer.write(
+        "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape")
+    )
+    sys.stdout.buffer.flush()
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -668,6 +917,9 @@ def format_adapted(adapted) -> str:
             f"images will be called unknown ({rate['level']:.0%} interval "
             f"{rate['low']:.1%}-{rate['high']:.1%} at this calibration size)"
         )
+    calibration = info.get("calibration") or {}
+    if calibration.get("mode") == "temperature":
+        head += f"\n{format_temperature(calibration)}"
     if evaluation is None:
         return head + "; no test split held out (--test-fraction 0), so no accuracy to report"
     zs, ours = evaluation["zeroshot"]["acc1"], evaluation[name]["acc1"]
@@ -677,7 +929,23 @@ def format_adapted(adapted) -> str:
     )
     if "known_accepted" in evaluation:
         text += f"; {evaluation['known_accepted']:.1%} of them accepted as known"
+    scored = evaluation[name].get("calibration", {})
+    if "temperature_scaled" in scored:
+        before, after = scored["uncalibrated"]["ece"], scored["temperature_scaled"]["ece"]
+        text += f"\ntest ECE (15 equal-width bins): {before:.4f} raw, {after:.4f} with T"
     return text
+
+
+def format_temperature(calibration: dict[str, Any]) -> str:
+    """How a saved temperature was fitted, as one line."""
+    if calibration["reason"]:
+        return f"temperature T = 1 ({calibration['reason']})"
+    return (
+        f"temperature T = {calibration['temperature']:.4g}, fitted on the "
+        f"{calibration['fitted_on']} ({calibration['n']} images; NLL "
+        f"{calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}); predict's "
+        "scores are softmax(logits / T)"
+    )
 
 
 def format_demo(result: dict[str, Any]) -> str:

@@ -10,3 +10,7 @@ SELECTION_MODES = ("validation", "cv")
 """How searched hyperparameters are chosen: accuracy on the few-shot validation set, or
 stratified k-fold cross-validation over the labelled few-shot images (support + validation
 pooled, never test)."""
+
+CALIBRATION_MODES = ("none", "temperature")
+"""Post-hoc calibration of a method's probabilities: none, or temperature scaling (one scalar
+T fitted by minimising the NLL on the few-shot validation set; clipadapt.calibration)."""

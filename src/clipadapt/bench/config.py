@@ -9,6 +9,7 @@ A YAML file looks like::
     shots: [1, 2, 4, 8, 16]
     seeds: [1, 2, 3]
     views: 4
+    calibrate: temperature               # optional: post-hoc temperature scaling
     out: results/pacs100
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from clipadapt.defaults import DEFAULT_VIEWS, SELECTION_MODES
+from clipadapt.defaults import CALIBRATION_MODES, DEFAULT_VIEWS, SELECTION_MODES
 from clipadapt.views import DEFAULT_AUGMENT, parse_augment
 
 PROTOCOLS: dict[str, str] = {
@@ -58,6 +59,7 @@ class BenchConfig:
     views: int = DEFAULT_VIEWS
     augment: tuple[str, ...] | str = DEFAULT_AUGMENT  # transforms of the augmented views
     selection: str = "validation"  # or "cv": k-fold over support + validation
+    calibrate: str = "none"  # or "temperature": T fitted on the few-shot validation set
     split_seed: int = 1
     test_fraction: float = 0.3
     templates: str = "default"
@@ -73,7 +75,15 @@ class BenchConfig:
     accept: float = 0.95  # validation share a calibrated threshold accepts
 
     def __post_init__(self) -> None:
-        for name in ("data", "model", "templates", "device", "on_too_few", "selection"):
+        for name in (
+            "data",
+            "model",
+            "templates",
+            "device",
+            "on_too_few",
+            "selection",
+            "calibrate",
+        ):
             _require(name, getattr(self, name), str)
         for name in ("out", "classnames", "cache_dir"):
             value = getattr(self, name)
@@ -105,10 +115,19 @@ class BenchConfig:
         _require("skip_bad", self.skip_bad, bool)
         if self.on_too_few not in ON_TOO_FEW:
             raise ValueError(f"on_too_few {self.on_too_few!r}: use one of {', '.join(ON_TOO_FEW)}")
+        if self.calibrate not in CALIBRATION_MODES:
+            raise ValueError(
+                f"calibrate {self.calibrate!r}: use one of {', '.join(CALIBRATION_MODES)}"
+            )
         if self.selection not in SELECTION_MODES:
             raise ValueError(
                 f"selection {self.selection!r}: use one of {', '.join(SELECTION_MODES)}"
             )
+
+    @property
+    def method_names(self) -> dict[str, str]:
+        """The registry name of each method label: its ``method:`` value, or the label."""
+        return {label: str(given.get("method", label)) for label, given in self.methods.items()}
 
     @property
     def protocols(self) -> tuple[str, ...]:

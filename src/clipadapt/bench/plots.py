@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import io
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import matplotlib
+import matplotlib.lines
+import matplotlib.patches
+import matplotlib.ticker
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -323,3 +326,146 @@ def detector_panels(
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
+
+
+# -- calibration and effective robustness -------------------------------------------------
+Reliability = Mapping[str, list[float]]  # clipadapt.calibration.reliability sums (pooled)
+
+
+def reliability_figure(
+    rows: list[tuple[str, list[tuple[str, Reliability]]]], title: str = ""
+) -> Figure:
+    """Reliability diagrams: one row per ``(row title, panels)``, each panel ``(title, sums)``
+    of top-1 confidence bins; bars = accuracy per bin, red = the gap to the bin's mean
+    confidence, the diagonal = perfect calibration; under each, the share of images per bin."""
+    columns = max(len(panels) for _, panels in rows)
+    figure = Figure(figsize=(2.9 * columns + 0.4, 3.5 * len(rows) + 0.5), layout="constrained")
+    grid = figure.add_gridspec(2 * len(rows), columns, height_ratios=[3, 1] * len(rows))
+    for r, (row_title, panels) in enumerate(rows):
+        for c, (panel_title, sums) in enumerate(panels):
+            top = figure.add_subplot(grid[2 * r, c])
+            share = figure.add_subplot(grid[2 * r + 1, c], sharex=top)
+            _reliability_panel(top, share, sums, panel_title)
+            if c == 0:
+                top.set_ylabel(f"{row_title}\naccuracy in bin (%)", fontsize=8)
+                share.set_ylabel("images (%)", fontsize=8)
+    handles = [
+        matplotlib.patches.Patch(color=ID_COLOUR, label="accuracy in bin"),
+        matplotlib.patches.Patch(facecolor="none", edgecolor="#d62728", hatch="///", label="gap"),
+        matplotlib.lines.Line2D([], [], color="grey", linestyle=":", label="perfect calibration"),
+    ]
+    figure.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def _reliability_panel(top: Axes, share: Axes, sums: Reliability, title: str) -> None:
+    count = np.asarray(sums["count"], dtype=np.float64)
+    bins = len(count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.asarray(sums["correct"]) / count * 100
+        confidence = np.asarray(sums["confidence_sum"]) / count * 100
+    centres = (np.arange(bins) + 0.5) / bins * 100
+    width = 100 / bins
+    top.bar(centres, accuracy, width, color=ID_COLOUR, edgecolor="white", linewidth=0.5)
+    gap_low, gap = np.minimum(accuracy, confidence), np.abs(confidence - accuracy)
+    top.bar(centres, gap, width, bottom=gap_low, facecolor="none", edgecolor="#d62728", hatch="///")
+    top.plot([0, 100], [0, 100], color="grey", linestyle=":", linewidth=1)
+    top.set_xlim(0, 100)
+    top.set_ylim(0, 100)
+    top.grid(alpha=0.3)
+    top.tick_params(labelbottom=False, labelsize=7)
+    gaps = np.abs(np.asarray(sums["correct"]) - np.asarray(sums["confidence_sum"]))
+    ece = gaps.sum() / count.sum() * 100
+    top.set_title(f"{title}\nECE {ece:.1f}%, n={int(count.sum())}", fontsize=8)
+    share.bar(centres, count / count.sum() * 100, width, color="#7f7f7f")
+    share.set_xlabel("top-1 confidence (%)", fontsize=8)
+    share.tick_params(labelsize=7)
+    share.grid(alpha=0.3)
+
+
+def effective_robustness_figure(
+    panels: list[tuple[str, dict[str, dict[int, tuple[float, float]]], tuple[float, float] | None]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    baseline: str,
+) -> Figure:
+    """Shifted against in-domain accuracy on logit-scaled axes: one panel per ``(title,
+    {method: {shots: (in-domain acc, shifted acc)}}, line)`` (accuracies as fractions; one
+    marker shape per shot count) and the baseline ``line`` (slope, intercept in logit space;
+    None when there are too few points). x and y have their own ranges."""
+    methods = ordered_union(p[1] for p in panels)
+    shots = sorted({k for _, points, _ in panels for by in points.values() for k in by})
+    markers = dict(zip(shots, itertools.cycle("osD^vP*X"), strict=False))
+    colors = method_colors(methods)
+    figure = Figure(figsize=(4.6 * len(panels) + 2.2, 4.4), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, points, line) in zip(axes, panels, strict=True):
+        xs = [x for by in points.values() for x, _ in by.values()]
+        ys = [y for by in points.values() for _, y in by.values()]
+        (x_low, x_high), (y_low, y_high) = _logit_limits(xs), _logit_limits(ys)
+        ax.set_xscale("logit")
+        ax.set_yscale("logit")
+        ax.set_xlim(x_low, x_high)
+        ax.set_ylim(y_low, y_high)
+        for method, by in points.items():
+            for k, (x, y) in by.items():
+                x, y = np.clip([x, y], LOGIT_CLIP, 1 - LOGIT_CLIP)  # 0 and 1 lie at infinity
+                ax.scatter(x, y, color=colors[method], marker=markers[k], s=42, zorder=3)
+        grid = np.linspace(x_low, x_high, 200)
+        if line is not None:
+            slope, intercept = line
+            fitted = 1 / (1 + np.exp(-(slope * np.log(grid / (1 - grid)) + intercept)))
+            ax.plot(grid, fitted, color="black", linewidth=1.2)
+        for axis, (low, high) in ((ax.xaxis, (x_low, x_high)), (ax.yaxis, (y_low, y_high))):
+            axis.set_major_locator(matplotlib.ticker.FixedLocator(_logit_ticks(low, high)))
+            axis.set_major_formatter(matplotlib.ticker.FuncFormatter(_percent_tick))
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="major")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=8)
+    axes[0].set_ylabel(ylabel, fontsize=8)
+    handles = [
+        matplotlib.lines.Line2D([], [], color=colors[m], marker="o", linestyle="", label=m)
+        for m in methods
+    ]
+    handles += [
+        matplotlib.lines.Line2D([], [], color="black", marker=markers[k], linestyle="",
+                                markerfacecolor="none", label=f"K={k} shots")
+        for k in shots
+    ]  # fmt: skip
+    handles += [
+        matplotlib.lines.Line2D([], [], color="black", label=baseline),
+    ]
+    figure.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
+    return figure
+
+
+LOGIT_CLIP = 1e-3  # accuracies are clipped to [0.1%, 99.9%] on logit axes
+LOGIT_TICKS = (0.01, 0.02, 0.05, *(i / 20 for i in range(2, 19)), 0.95, 0.98, 0.99)
+
+
+def _logit_limits(values: list[float], pad: float = 0.25) -> tuple[float, float]:
+    """Axis limits around ``values`` (fractions), padded by ``pad`` of their span (at least
+    0.3) in logit units."""
+    clipped = np.clip(values, LOGIT_CLIP, 1 - LOGIT_CLIP)
+    logits = np.log(clipped / (1 - clipped))
+    margin = max(pad * float(np.ptp(logits)), 0.3)
+    low, high = logits.min() - margin, logits.max() + margin
+    return float(1 / (1 + np.exp(-low))), float(1 / (1 + np.exp(-high)))
+
+
+def _logit_ticks(low: float, high: float) -> list[float]:
+    return [t for t in LOGIT_TICKS if low <= t <= high] or [low, high]
+
+
+def _percent_tick(value: float, _position: int) -> str:
+    return f"{value * 100:.3g}"
+
+
+def ordered_union(mappings: Iterable[Mapping[str, object]]) -> list[str]:
+    """The keys of ``mappings`` in first-seen order."""
+    return list(dict.fromkeys(k for m in mappings for k in m))

@@ -32,6 +32,16 @@ from clipadapt.bench.aggregate import (
     ordered,
     source_label,
 )
+from clipadapt.bench.calibration_report import (
+    CALIBRATION_NOTE,
+    ROBUSTNESS_NOTE,
+    CalibrationSection,
+    calibration_csv_rows,
+    calibration_figures,
+    calibration_tables,
+    make_calibration_sections,
+)
+from clipadapt.bench.calibration_report import CSV_COLUMNS as CALIBRATION_CSV_COLUMNS
 from clipadapt.bench.ood_report import CSV_COLUMNS as OOD_CSV_COLUMNS
 from clipadapt.bench.ood_report import (
     OodSection,
@@ -131,6 +141,11 @@ def write_report(results_dir: str | Path, out: str | Path) -> dict[str, Path]:
     classification = [r for r in results if r.task != OPEN_SET_TASK]
     sections = make_sections(aggregate(classification))
     figures = {name: plots.png_bytes(fig) for name, fig in make_figures(sections)}
+    calibration = make_calibration_sections(classification)
+    for section in calibration:
+        figures |= {
+            name: plots.png_bytes(fig, dpi=90) for name, fig in calibration_figures(section)
+        }
     for section in open_set:  # many panels per figure: a lower resolution keeps them small
         figures |= {name: plots.png_bytes(fig, dpi=72) for name, fig in ood_figures(section)}
     _write_figures(out / "figures", figures)
@@ -143,11 +158,17 @@ def write_report(results_dir: str | Path, out: str | Path) -> dict[str, Path]:
         written["ood_csv"] = atomic_write_text(
             out / "ood_table.csv", csv_text(OOD_CSV_COLUMNS, ood_csv_rows(open_set))
         )
+    if calibration:
+        written["calibration_csv"] = atomic_write_text(
+            out / "calibration.csv",
+            csv_text(CALIBRATION_CSV_COLUMNS, calibration_csv_rows(calibration)),
+        )
     written["markdown"] = atomic_write_text(
-        out / "table.md", render_markdown(sections, results, open_set)
+        out / "table.md", render_markdown(sections, results, open_set, calibration)
     )
     written["html"] = atomic_write_text(
-        out / "report.html", render_html(sections, results, figures, results_dir, open_set)
+        out / "report.html",
+        render_html(sections, results, figures, results_dir, open_set, calibration),
     )
     return written
 
@@ -296,12 +317,14 @@ def render_markdown(
     sections: list[Section],
     results: list[dict[str, Any]],
     open_set: list[OodSection] = (),
+    calibration: list[CalibrationSection] = (),
 ) -> str:
     lines = ["# clipadapt benchmark report", "", *_provenance(results), ""]
     for section in sections:
         lines += [f"## {section.title}", ""]
         for table in section_tables(section):
             lines += [f"**{table.title}**", "", markdown(table), ""]
+    lines += calibration_markdown(calibration)
     if open_set:
         lines += ["# OOD and open-set rejection", "", OOD_NOTE, ""]
     for section in open_set:
@@ -395,6 +418,7 @@ def render_html(
     figures: dict[str, bytes],
     results_dir: str | Path,
     open_set: list[OodSection] = (),
+    calibration: list[CalibrationSection] = (),
 ) -> str:
     esc = html.escape
     parts = [
@@ -417,6 +441,7 @@ def render_html(
                 )
         for table in section_tables(section):
             parts.append(f"<h3>{esc(table.title)}</h3>{html_table(table)}")
+    parts += calibration_html(calibration, figures)
     if open_set:
         parts += ["<h1>OOD and open-set rejection</h1>", f"<p>{esc(OOD_NOTE)}</p>"]
     for section in open_set:
@@ -432,6 +457,47 @@ def render_html(
                 )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+# -- calibration and effective robustness (clipadapt.bench.calibration_report) ---------------
+CALIBRATION_TITLE = "Calibration and effective robustness"
+
+
+def calibration_markdown(sections: list[CalibrationSection]) -> list[str]:
+    if not sections:
+        return []
+    lines = [f"# {CALIBRATION_TITLE}", "", CALIBRATION_NOTE, "", ROBUSTNESS_NOTE, ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for table in calibration_tables(section):
+            lines += [f"**{table.title}**", "", markdown(table), ""]
+    return lines
+
+
+def calibration_html(sections: list[CalibrationSection], figures: dict[str, bytes]) -> list[str]:
+    if not sections:
+        return []
+    esc = html.escape
+    parts = [
+        f"<h1>{CALIBRATION_TITLE}</h1>",
+        f"<p>{esc(CALIBRATION_NOTE)}</p><p>{esc(ROBUSTNESS_NOTE)}</p>",
+    ]
+    for section in sections:
+        parts.append(f"<h2>{esc(section.title)}</h2>")
+        for table in calibration_tables(section):
+            parts.append(f"<h3>{esc(table.title)}</h3>{html_table(table)}")
+        parts += [
+            _figure_html(n, d) for n, d in figures.items() if n.startswith(section.stem + "_")
+        ]
+    return parts
+
+
+def _figure_html(name: str, data: bytes) -> str:
+    encoded = base64.b64encode(data).decode()
+    return (
+        f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{encoded}'>"
+        f"<figcaption>{html.escape(name)}</figcaption></figure>"
+    )
 
 
 _CSS = """

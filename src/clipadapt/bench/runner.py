@@ -7,6 +7,10 @@ method is configured with ``unlabeled: test``: it then gets the test images, wit
 as its unlabeled data, and its results say ``transductive``). Open-set settings also fit
 every detector once per sample and score it on top of each method.
 
+Closed-set results also record calibration metrics per target (``clipadapt.calibration``)
+and, with ``calibrate: temperature``, the temperature fitted on the few-shot validation set
+(``Experiment.fit_temperature``) and every target scored again at it.
+
 Results live at ``<out>/<protocol>/<collection>/<group>/<label>/K<shots>_s<seed>.json``
 (open-set runs keep their raw scores beside, ``.scores.npz``); a result whose recorded
 configuration hash matches is skipped on re-runs, one whose hash differs is refused (unless
@@ -257,6 +261,7 @@ class _Runner:
             **({"unlabeled": "test"} if run.method in self.transductive else {}),
             "hyperparameters": method.get_params(),
             "selection": c.selection,
+            **({"calibrate": c.calibrate} if c.calibrate != "none" and not s.open_set else {}),
             "shots": run.shots,
             "seed": run.seed,
             "val_per_class": few.val_per_class,
@@ -347,7 +352,12 @@ class _Runner:
     def _classification(
         self, run: Run, run_config: dict[str, Any], fitted: Fitted
     ) -> ClassificationResult:
-        metrics, predict_seconds = self.experiment.evaluate(fitted, run.setting)
+        calibration: dict[str, Any] = {"mode": "none"}
+        if self.config.calibrate == "temperature":
+            calibration = self.experiment.fit_temperature(fitted, run.setting, run.shots, run.seed)
+        metrics, predict_seconds = self.experiment.evaluate(
+            fitted, run.setting, calibration.get("temperature")
+        )
         targets = [
             t.describe()
             | {"classnames": self.experiment.names(t.known.classes)}
@@ -359,6 +369,7 @@ class _Runner:
             metrics=metrics,
             targets=targets,
             summary=summarize(run.setting.targets, metrics),
+            calibration=calibration,
         )
 
     def _open_set(
@@ -549,8 +560,8 @@ def configured_methods(
                 f"method label {label!r}: use 1-64 letters, digits, '.', '-' or '_' starting "
                 "with a letter or digit (it names a results folder)"
             )
-        hyperparameters = dict(given)
-        name = hyperparameters.pop("method", label)
+        hyperparameters = {k: v for k, v in given.items() if k != "method"}
+        name = config.method_names.get(label, label)
         unlabeled = hyperparameters.pop("unlabeled", "train_pool")
         if name not in registry:
             raise ValueError(

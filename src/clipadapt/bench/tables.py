@@ -24,15 +24,22 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def fmt(values: Sequence[float] | None, max_seeds: int | None = None) -> str:
-    """Percent "mean ± std" over seeds; "" when there is no entry, "n/a" when it is not
-    applicable; "(n seeds)" when fewer seeds than ``max_seeds`` contributed."""
+def fmt(
+    values: Sequence[float] | None,
+    max_seeds: int | None = None,
+    *,
+    scale: float = 100.0,
+    digits: int = 1,
+) -> str:
+    """ "mean ± std" over seeds of ``values * scale`` (percent by default); "" when there is no
+    entry, "n/a" when it is not applicable; "(n seeds)" when fewer seeds than ``max_seeds``
+    contributed."""
     if values is None:
         return ""
     if not values:
         return "n/a"
     mean, std = mean_std(values)
-    text = f"{mean * 100:.1f} ± {std * 100:.1f}"
+    text = f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
     n = len(values)
     if max_seeds is None or n == max_seeds:
         return text

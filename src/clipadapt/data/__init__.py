@@ -12,7 +12,7 @@ from clipadapt.data.csvfile import load_csv
 from clipadapt.data.dataset import UNLABELED, ImageDataset, Sample
 from clipadapt.data.errors import DatasetError, ImageDecodeError
 from clipadapt.data.folders import load_domain_folders, load_image_folder
-from clipadapt.data.images import IMAGE_EXTENSIONS, decode_image, is_image_file
+from clipadapt.data.images import IMAGE_EXTENSIONS, decode_image, image_paths, is_image_file
 from clipadapt.data.load import load_dataset
 from clipadapt.data.splits import FewShotSplit, Split, few_shot, load_split, train_test_split
 
@@ -29,6 +29,7 @@ __all__ = [
     "Split",
     "decode_image",
     "few_shot",
+    "image_paths",
     "is_image_file",
     "load_builtin",
     "load_csv",

@@ -21,12 +21,13 @@ import io
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from clipadapt.data.errors import ImageDecodeError
+from clipadapt.data.errors import DatasetError, ImageDecodeError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 RACY_NS = 2_000_000_000  # 2 s: coarser than any file system's timestamp tick
@@ -39,6 +40,21 @@ def is_image_file(path: Path) -> bool:
     return (
         not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
     )
+
+
+def image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given, folders expanded to their image files (recursively, sorted)."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if is_image_file(p))
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise DatasetError(f"{item} does not exist; give image files or folders of images")
+    if not paths:
+        raise DatasetError(f"no images found in {', '.join(map(str, inputs))}")
+    return paths
 
 
 def file_stamp(stat: os.stat_result) -> FileStamp:

@@ -1,7 +1,7 @@
 """Few-shot adaptation methods behind one interface, and the registry that names them.
 
-``METHODS`` is a plain mapping filled by the explicit imports below; adding a method means
-adding its import and one entry here.
+``METHODS`` is a plain mapping built from ``clipadapt.catalog.METHOD_CLASSES``; adding a
+method means adding its entry there (and its import here, to export it).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from clipadapt.catalog import METHOD_CLASSES, check_method, load_classes
 from clipadapt.methods.auto import Auto
 from clipadapt.methods.base import DataKind, FitData, Method, NotFittedError, read_config
 from clipadapt.methods.clip_adapter import ClipAdapter
@@ -32,35 +33,12 @@ from clipadapt.methods.prompting import (
 from clipadapt.methods.tip_adapter import TipAdapter, TipAdapterF
 from clipadapt.methods.zeroshot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls
-    for cls in (
-        ZeroShot,
-        NearestClassMean,
-        LinearProbe,
-        ZeroShotLinearProbe,
-        ClipAdapter,
-        TipAdapter,
-        TipAdapterF,
-        GDA,
-        CoOp,
-        KgCoOp,
-        CoCoOp,
-        TextLoRA,
-        ImageLoRA,
-        VisualPrompt,
-        PromptDistill,
-        UnsupervisedCoOp,
-        MaPLe,
-        IVLP,
-        Auto,
-    )
-}
+METHODS: dict[str, type[Method]] = load_classes(METHOD_CLASSES)
 
 
 def _method_class(name: str) -> type[Method]:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
+        check_method(name)  # raises, naming the known ones
     return METHODS[name]
 
 

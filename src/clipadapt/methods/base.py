@@ -11,7 +11,6 @@ kinds the method declares in ``reads``; test features are never part of it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -25,14 +24,12 @@ from safetensors.torch import load_file, save_file
 from clipadapt.atomic import atomic_write, atomic_write_json
 from clipadapt.defaults import SELECTION_MODES
 from clipadapt.estimator import Estimator, NotFittedError
+from clipadapt.saved import CONFIG_FILE, FORMAT_VERSION, REBUILD, read_config
 from clipadapt.views import DEFAULT_AUGMENT
 
 if TYPE_CHECKING:
     from clipadapt.models.base import Backend
 
-FORMAT_VERSION = 2
-"""2: ``config.json`` keeps the constructor arguments under ``params`` and the values in use
-under ``hyperparameters``."""
 E = TypeVar("E", bound=Estimator)
 
 
@@ -182,8 +179,7 @@ class Method(Estimator):
         return method
 
 
-CONFIG_FILE, STATE_FILE = "config.json", "state.safetensors"
-REBUILD = "re-run clipadapt adapt to rebuild the model directory"
+STATE_FILE = "state.safetensors"
 
 
 def write_saved(
@@ -210,31 +206,6 @@ def read_state(directory: Path, config: dict[str, Any]) -> dict[str, torch.Tenso
     if missing:
         raise ValueError(f"{path}: lacks the tensor(s) {', '.join(missing)}; {REBUILD}")
     return state
-
-
-def read_config(directory: Path, *required: str) -> dict[str, Any]:
-    """Read and check a saved method's ``config.json``, which must hold the keys ``required``."""
-    config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"{config_path}: not found; is {directory} a saved clipadapt model?"
-        )
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{config_path}: not readable JSON ({err}); {REBUILD}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: holds {type(config).__name__}, not an object; {REBUILD}")
-    version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ValueError(
-            f"{config_path}: format_version {version!r} is not {FORMAT_VERSION}; "
-            "re-fit the model with this clipadapt version"
-        )
-    missing = [key for key in required if key not in config]
-    if missing:
-        raise ValueError(f"{config_path}: lacks {', '.join(map(repr, missing))}; {REBUILD}")
-    return config
 
 
 def build_saved(cls: type[E], config_path: Path, params: Any) -> E:

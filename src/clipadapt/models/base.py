@@ -129,7 +129,7 @@ def hash_tensors(tensors: Iterable[torch.Tensor], extra: str = "") -> str:
     for tensor in tensors:
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # no copy
     return digest.hexdigest()[:16]
 
 

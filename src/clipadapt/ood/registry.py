@@ -1,4 +1,5 @@
-"""The detector registry: a plain mapping from names to classes, filled by explicit imports."""
+"""The detector registry: a plain mapping from names to classes, built from
+``clipadapt.catalog.DETECTOR_CLASSES``."""
 
 from __future__ import annotations
 
@@ -6,25 +7,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from clipadapt.catalog import DETECTOR_CLASSES, check_detector, load_classes
 from clipadapt.methods.base import read_config
 from clipadapt.ood.base import Detector
-from clipadapt.ood.feature_scores import KNN, Mahalanobis
-from clipadapt.ood.glmcm import GLMCM
-from clipadapt.ood.logit_scores import MCM, MSP, Energy, MaxLogit
-from clipadapt.ood.neglabel import NegLabel
-from clipadapt.ood.pseudo_open import PseudoOpen
 
-DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls
-    for cls in (MSP, MCM, MaxLogit, Energy, KNN, Mahalanobis, NegLabel, GLMCM, PseudoOpen)
-}
+DETECTORS: dict[str, type[Detector]] = load_classes(DETECTOR_CLASSES)
 
 
 def _detector_class(name: str) -> type[Detector]:
     if name not in DETECTORS:
-        raise ValueError(
-            f"unknown OOD score {name!r}; known scores: {', '.join(sorted(DETECTORS))}"
-        )
+        check_detector(name)  # raises, naming the known ones
     return DETECTORS[name]
 
 

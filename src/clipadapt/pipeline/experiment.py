@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from clipadapt.calibration import choose_temperature
 from clipadapt.data import ImageDataset
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.methods import FitData, Method
@@ -177,19 +178,19 @@ class Experiment:
 
     # -- closed-set evaluation ------------------------------------------------------------
     def evaluate(
-        self, fitted: Fitted, setting: Setting
+        self, fitted: Fitted, setting: Setting, temperature: float | None = None
     ) -> tuple[dict[str, dict[str, Any] | None], float]:
         """Metrics per target (None where the method cannot score those classes) and the
-        total predict time."""
+        total predict time; calibration metrics also at ``temperature`` when given."""
         metrics: dict[str, dict[str, Any] | None] = {}
         seconds = 0.0
         for target in setting.targets:
-            metrics[target.name], spent = self._score_target(fitted, setting, target)
+            metrics[target.name], spent = self._score_target(fitted, setting, target, temperature)
             seconds += spent
         return metrics, seconds
 
     def _score_target(
-        self, fitted: Fitted, setting: Setting, target: Target
+        self, fitted: Fitted, setting: Setting, target: Target, temperature: float | None
     ) -> tuple[dict[str, Any] | None, float]:
         method, classes = fitted.method, target.known.classes
         transfer = classes != setting.classes
@@ -198,9 +199,32 @@ class Experiment:
         features = self.rows(target.known, fitted.bank)
         labels = self.labels(target.known, classes).numpy()
         if not transfer:
-            return score(method.predict_logits, features, labels)
+            return score(method.predict_logits, features, labels, temperature)
         names, weights = self.names(classes), self.class_text(classes)
-        return score(lambda f: method.transfer_logits(f, weights, names), features, labels)
+        return score(
+            lambda f: method.transfer_logits(f, weights, names), features, labels, temperature
+        )
+
+    def fit_temperature(
+        self, fitted: Fitted, setting: Setting, shots: int, seed: int
+    ) -> dict[str, Any]:
+        """Temperature scaling of ``fitted``'s logits, fitted on the few-shot validation set
+        (the images the runner offers methods for selection; never a test image): the
+        temperature, what it was fitted on and the validation NLL before and after. With no
+        validation images, or no finite minimiser (``choose_temperature``), the temperature
+        stays 1 and ``reason`` says why."""
+        record: dict[str, Any] = {"mode": "temperature", "fitted_on": "few-shot validation set"}
+        if len(fitted.data.val_labels) == 0:
+            return record | {
+                "temperature": 1.0,
+                "n": 0,
+                "reason": "no few-shot validation images (val_per_class 0): T left at 1",
+            }
+        val = self.val_features(fitted, setting, shots, seed, local=False)
+        features = val.features if val.method_features is None else val.method_features
+        with torch_threads(), torch.inference_mode():
+            logits = fitted.method.predict_logits(features)
+        return record | {"n": len(val.labels)} | choose_temperature(logits, val.labels)
 
     # -- open-set evaluation --------------------------------------------------------------
     def fit_detectors(

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clipadapt.calibration import calibration_metrics
 from clipadapt.data import FewShotSplit
 from clipadapt.methods import DataKind, FitData, Method
 from clipadapt.metrics import classification_metrics
@@ -158,14 +159,23 @@ def timed_fit(method: Method, data: FitData) -> float:
 
 
 def score(
-    predict: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor, labels: np.ndarray
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    features: torch.Tensor,
+    labels: np.ndarray,
+    temperature: float | None = None,
 ) -> tuple[dict[str, Any], float]:
-    """``classification_metrics`` (plus ``n``) of ``predict(features)`` and its wall time."""
+    """``classification_metrics`` (plus ``n``) of ``predict(features)`` and its wall time;
+    ``calibration``: the calibration metrics of the raw logits (``uncalibrated``) and, given a
+    ``temperature``, of the logits divided by it (``temperature_scaled``)."""
     with torch_threads(), torch.inference_mode():
         start = time.perf_counter()
         logits = predict(features)
         seconds = time.perf_counter() - start
-    metrics = classification_metrics(logits, torch.from_numpy(labels))
+    truth = torch.from_numpy(labels)
+    calibration = {"uncalibrated": calibration_metrics(logits, truth)}
+    if temperature is not None:
+        calibration["temperature_scaled"] = calibration_metrics(logits, truth, temperature)
+    metrics = classification_metrics(logits, truth) | {"calibration": calibration}
     return metrics | {"n": len(labels)}, seconds
 
 

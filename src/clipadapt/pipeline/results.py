@@ -134,9 +134,13 @@ class RunResult:
 
 @dataclass(kw_only=True)
 class ClassificationResult(RunResult):
-    """Closed-set accuracy per target (``metrics[target]`` is None where not applicable)."""
+    """Closed-set accuracy per target (``metrics[target]`` is None where not applicable);
+    ``metrics[target]["calibration"]`` holds the calibration metrics (clipadapt.calibration)
+    of the raw logits and, with temperature scaling, of the scaled ones; ``calibration`` says
+    how the temperature was fitted (None in results written before calibration existed)."""
 
     task: ClassVar[str] = CLASSIFICATION_TASK
+    calibration: dict[str, Any] | None = None
 
 
 @dataclass(kw_only=True)
