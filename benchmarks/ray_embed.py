@@ -5,18 +5,21 @@ Sides (``--images`` PACS-100 files, all four domains interleaved, model ``lite``
 * ``local``: ``clipadapt.features.extract_features`` without a cache (decode thread pool and
   the tower in this process, torch's default thread count).
 * ``ray_w{1,2}_c{c}``: ``clipadapt.scale.ray_embed.embed_with_ray`` into an empty shard
-  folder, ``w`` actors of ``c`` CPUs (= torch threads) each. Ray itself is started once,
-  before any timing (``ray.init(num_cpus=<cores>)``): its start-up is reported apart, not in
-  the rates. Each Ray run does include the actors' start (loading the model in each) and
-  the writing of the Parquet shards, as a user's job does.
+  folder, ``w`` actors of ``c`` CPUs (= torch threads) each, ``c`` = 1 and ``c`` = the local
+  path's torch threads (the setting that gives bit-identical features). Ray itself is started
+  once, before any timing, with ``num_cpus = max(cores, 2 x local threads)`` logical CPUs so
+  that two actors of that many threads fit (on a 2-core machine ``ray_w2_c2`` therefore runs
+  4 threads on 2 cores). Its start-up is reported apart, not in the rates. Each Ray run does
+  include the actors' start (loading the model in each) and the writing of the Parquet
+  shards, as a user's job does.
 
 Every side runs once per repeat, the order rotating each repeat; reported: the median images
 per wall second over repeats, the start-up of Ray, and the identity check: the max abs
 difference of each Ray side's features from the local path's (0 means bit-identical; actors
-with fewer torch threads than the local path may differ by float rounding in the last,
-partial batch). Writes ``benchmarks/results/ray_embed.json``.
+with another torch thread count than the local path's may differ by float rounding: a
+convolution splits its work by thread). Writes ``benchmarks/results/ray_embed.json``.
 
-    python benchmarks/ray_embed.py [--images 512] [--repeats 3] [--shard-size 128]
+    python benchmarks/ray_embed.py [--images 512] [--repeats 3] [--shard-size 128] [--sides ...]
 """
 
 # ruff: noqa: E402 (the runtime settings must come before torch is imported)
@@ -29,6 +32,7 @@ runtime.configure_threads()
 runtime.configure_allocator()
 
 import argparse
+import itertools
 import os
 import statistics
 import tempfile
@@ -52,7 +56,7 @@ def pacs_paths(count: int) -> list[str]:
     """``count`` PACS-100 files, the domains interleaved so any prefix mixes them."""
     domains = load_dataset(str(PACS))
     lists = [[str(p) for p in d.paths] for d in domains.values()]
-    mixed = [p for group in zip(*lists, strict=False) for p in group]
+    mixed = [p for group in itertools.zip_longest(*lists) for p in group if p is not None]
     return mixed[:count]
 
 
@@ -61,6 +65,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shard-size", type=int, default=128)
+    parser.add_argument("--sides", help="comma-separated subset of the sides (default: all)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ray_embed.json"))
     args = parser.parse_args()
 
@@ -70,7 +75,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     load_before = os.getloadavg()
     began = time.perf_counter()
-    start_ray(num_cpus=cores, object_store_memory=512 * 2**20)
+    start_ray(num_cpus=max(cores, 2 * threads), object_store_memory=512 * 2**20)
     ray_start = time.perf_counter() - began
 
     features: dict[str, np.ndarray] = {}
@@ -100,7 +105,10 @@ def main() -> None:
 
         return name, side
 
-    sides = dict([("local", local), ray_side(1, threads), ray_side(1, 1), ray_side(2, 1)])
+    ray_sides = [ray_side(w, c) for c in dict.fromkeys((threads, 1)) for w in (1, 2)]
+    sides = dict([("local", local), *ray_sides])
+    if args.sides:
+        sides = {name: sides[name] for name in args.sides.split(",")}
     rates: dict[str, list[float]] = {name: [] for name in sides}
     for repeat in range(args.repeats):
         names = list(sides)
@@ -121,14 +129,15 @@ def main() -> None:
         "images_per_second_median": {k: statistics.median(v) for k, v in rates.items()},
         "images_per_second_runs": rates,
         "max_abs_diff_vs_local": {
-            k: float(np.abs(v - features["local"]).max()) for k, v in features.items()
+            k: float(np.abs(v - features["local"]).max()) if "local" in features else None
+            for k, v in features.items()
         },
         "load_average": {"start": load_before, "end": os.getloadavg()},
     }
     atomic_write_json(args.out, result)
     for name, rate in result["images_per_second_median"].items():
         diff = result["max_abs_diff_vs_local"][name]
-        print(f"{name:14s} {rate:7.1f} img/s   max abs diff vs local {diff:.3g}")
+        print(f"{name:14s} {rate:7.1f} img/s   max abs diff vs local {diff}")
     print(f"ray start-up (excluded above): {ray_start:.1f} s; wrote {args.out}")
 
 
