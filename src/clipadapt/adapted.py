@@ -27,6 +27,7 @@ from clipadapt.defaults import DEFAULT_VIEWS
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.features import extract_features
 from clipadapt.methods import Method, create_method, load_method
+from clipadapt.methods.prompting.loop import world
 from clipadapt.models.base import Backend
 from clipadapt.ood import UNKNOWN, OpenSetClassifier, ScoreInput
 from clipadapt.ood.local import encode_local_features, extract_local_features
@@ -214,8 +215,9 @@ def adapt(
         saved.save(directory, {"adapted": info})
         split.save(directory / SPLIT_FILE)
 
-    _replace_directory(target, write)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # ours, and only needed to resume this fit
+    if world()[0] == 0:  # under torchrun every rank fitted the same model; one writes it
+        _replace_directory(target, write)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # ours, only needed to resume this fit
     return Adapted(fitted_method, info, open_set)
 
 

@@ -31,10 +31,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.ERROR if args.quiet else logging.WARNING, format="%(message)s"
     )
     try:
+        if _distributed(args):
+            return _run_distributed(args)
         return int(args.func(args) or 0)
     except (DatasetError, ValueError, FileNotFoundError) as err:
         print(f"clipadapt: error: {err}", file=sys.stderr)
         return 2
+
+
+def _distributed(args: argparse.Namespace) -> bool:
+    """True when torchrun started this process as one of several; only adapt trains so."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if args.func is not cmd_adapt:
+        raise ValueError(
+            "under torchrun (WORLD_SIZE > 1) only 'clipadapt adapt' runs; start other "
+            "commands as one process"
+        )
+    return True
+
+
+def _other_rank() -> bool:
+    """A torchrun rank other than 0 (only possible once ``_run_distributed`` started it)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_initialized() and dist.get_rank() != 0
+
+
+def _run_distributed(args: argparse.Namespace) -> int:
+    """Run ``adapt`` as one rank: the training loop splits each batch over the ranks; rank 0
+    alone prints and writes."""
+    from clipadapt.scale.distributed import init_from_env, is_main_process, leave
+
+    args.device = init_from_env(args.device)
+    if not is_main_process():
+        args.quiet = True
+    code = int(args.func(args) or 0)
+    leave()  # not after an error: that rank exits, and torchrun stops the others
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--view", default="center", help="'center' or an augmented view 'aug<i>'")
     p.add_argument("--output", type=Path, help="also write the features as .safetensors")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process; ray: a Ray Data job (this machine, or the cluster at "
+        "$RAY_ADDRESS) writing Parquet shards to --shards, then imported into the cache "
+        "(needs pip install 'clipadapt[scale]')",
+    )
+    p.add_argument("--shards", type=Path, help="ray: folder of the Parquet feature shards")
+    p.add_argument("--workers", type=int, default=1, help="ray: model actors (default: 1)")
+    p.add_argument(
+        "--worker-cpus", type=float, default=1.0, help="ray: CPUs (torch threads) per actor"
+    )
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=1024,
+        help="ray: images per shard, rounded up to the model's batch size (default: 1024)",
+    )
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("zeroshot", help="zero-shot classification with prompt ensembles")
@@ -70,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="result JSON (a directory for domain folders)")
     p.set_defaults(func=cmd_zeroshot)
 
-    p = sub.add_parser("cache", help="show or clear the feature cache")
-    p.add_argument("action", choices=["show", "clear"], nargs="?", default="show")
+    p = sub.add_parser("cache", help="show, clear or import into the feature cache")
+    p.add_argument("action", choices=["show", "clear", "import"], nargs="?", default="show")
+    p.add_argument("shards", nargs="?", type=Path, help="import: a folder of Parquet shards")
     p.add_argument("--model", help="only this model spec or image fingerprint (clear)")
     p.add_argument("--cache-dir", type=Path)
     p.set_defaults(func=cmd_cache)
@@ -345,6 +400,8 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    if args.engine == "ray":
+        _check_ray_args(args)
     datasets = _datasets(args)  # bad data fails here, before torch loads
     from safetensors.torch import save_file
 
@@ -352,13 +409,17 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from clipadapt.features import extract_features
 
     backend = _backend(args)
+    if args.engine == "ray":
+        _embed_with_ray(args, backend)
+        if not args.output:
+            return  # the features are in the shards and the cache
     for name, dataset in datasets.items():
         feats = extract_features(
             backend,
             dataset.paths,
             view=args.view,
             cache=_cache(args),
-            skip_bad=args.skip_bad,
+            skip_bad=args.skip_bad or args.engine == "ray",  # ray listed them already
             progress=not args.quiet,
         )
         print(
@@ -383,6 +444,56 @@ def cmd_embed(args: argparse.Namespace) -> None:
                 "classnames": json.dumps(dataset.classnames),
             }
             atomic_write(target, lambda p, t=tensors, m=meta: save_file(t, str(p), metadata=m))
+
+
+def _require_scale(what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None:
+        raise ValueError(f"{what} needs Ray Data and pyarrow: pip install 'clipadapt[scale]'")
+
+
+def _check_ray_args(args: argparse.Namespace) -> None:
+    _require_scale("--engine ray")
+    if args.shards is None:
+        raise ValueError("--engine ray writes Parquet shards: give their folder with --shards DIR")
+    if args.no_cache and args.output:
+        raise ValueError(
+            "--engine ray with --output reads the imported features from the cache; drop --no-cache"
+        )
+    for flag, value in (("--workers", args.workers), ("--shard-size", args.shard_size)):
+        if value < 1:
+            raise ValueError(f"{flag} must be an integer >= 1, got {value}")
+    if args.worker_cpus <= 0:
+        raise ValueError(f"--worker-cpus must be > 0, got {args.worker_cpus}")
+
+
+def _embed_with_ray(args: argparse.Namespace, backend) -> None:
+    """Run the Ray job over every dataset's images, then import its shards into the cache."""
+    from clipadapt.scale.ray_embed import embed_with_ray, start_ray
+    from clipadapt.scale.shards import import_shards
+
+    paths = list(dict.fromkeys(p for d in _datasets(args).values() for p in map(str, d.paths)))
+    start_ray()
+    job = embed_with_ray(
+        backend,
+        paths,
+        args.shards,
+        view=args.view,
+        workers=args.workers,
+        worker_cpus=args.worker_cpus,
+        shard_size=args.shard_size,
+        progress=not args.quiet,
+    )
+    for item in job.skipped:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    print(
+        f"{len(paths)} images in {job.shards} shards ({job.reused} already finished), "
+        f"{job.computed} computed, {len(job.skipped)} skipped; shards in {job.directory}"
+    )
+    if _cache(args) is not None:
+        imported = import_shards(args.shards, _cache(args))
+        print(f"imported {imported.rows} features from {imported.shards} shards into the cache")
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> None:
@@ -419,6 +530,19 @@ def cmd_zeroshot(args: argparse.Namespace) -> None:
 def cmd_cache(args: argparse.Namespace) -> None:
     from clipadapt.feature_cache import FeatureCache
 
+    if args.action == "import":
+        if args.shards is None:
+            raise ValueError("cache import: give the folder of Parquet shards to import")
+        _require_scale("cache import")
+        from clipadapt.scale.shards import import_shards
+
+        cache = FeatureCache(args.cache_dir)
+        done = import_shards(args.shards, cache)
+        print(
+            f"imported {done.rows} features from {done.shards} shards into {cache.path} "
+            f"({len(done.skipped)} files the shards list as unreadable)"
+        )
+        return
     cache = FeatureCache(args.cache_dir)
     if args.action == "clear":
         print(f"removed {cache.clear(args.model)} entries from {cache.path}")
@@ -524,6 +648,8 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         accept=args.accept,
         calibrate=args.calibrate,
     )
+    if _other_rank():
+        return  # another rank of a torchrun job; rank 0 reports and saves
     print(format_adapted(adapted))
     print(f"model saved to {args.out}; label images with: clipadapt predict {args.out} <images>")
 

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from clipadapt import runtime
@@ -40,7 +41,7 @@ from clipadapt.models.base import Backend
 from clipadapt.paths import display_path
 from clipadapt.views import CENTER, view_key, view_transform
 
-__all__ = ["Features", "content_hash", "default_workers", "extract_features"]
+__all__ = ["Features", "content_hash", "default_workers", "extract_features", "load_pixels"]
 HASH_CHUNK = 256  # files per worker task when stat-ing and hashing
 
 T = TypeVar("T")
@@ -64,6 +65,15 @@ class Features:
 
 def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def load_pixels(
+    path: str, transform: Callable[[Image.Image, str], torch.Tensor]
+) -> tuple[str, torch.Tensor]:
+    """The sha256 of ``path``'s bytes and the tensor ``transform`` makes of the image decoded
+    from exactly those bytes (raises ``ImageDecodeError`` naming the file)."""
+    image, digest = load_image(path)
+    return digest, transform(image, digest)
 
 
 def extract_features(
@@ -226,8 +236,7 @@ def _encode_missing(
 
     def load(i: int) -> tuple[str, torch.Tensor] | ImageDecodeError:
         try:
-            image, digest = load_image(names[i])
-            return digest, transform(image, digest)
+            return load_pixels(names[i], transform)
         except ImageDecodeError as err:
             return err
 

@@ -79,6 +79,7 @@ class TowerMethod(Method):
         self.text_fingerprint = ""
         self.on_epoch: EpochHook | None = None  # called after each epoch (progress, timing)
         self.epoch_seconds: list[float] = []
+        self.step_losses: list[float] = []  # the global batch loss of each step trained here
         self._backend: Backend | None = None
         self._transfers: dict[tuple[str, ...], TowerMethod] = {}
 
@@ -104,7 +105,7 @@ class TowerMethod(Method):
             labels=data.support_labels,
             params=[p.detach() for p in params],
         )
-        self.epoch_seconds = train_epochs(
+        log = train_epochs(
             params,
             self._autocast(loss, data.backend),
             len(examples),
@@ -118,6 +119,7 @@ class TowerMethod(Method):
             on_epoch=self.on_epoch,
             **loop_options,
         )
+        self.epoch_seconds, self.step_losses = log.seconds, log.losses
         self.classnames = list(data.classnames)
         self.text_fingerprint = data.backend.text_fingerprint
         self._backend = data.backend

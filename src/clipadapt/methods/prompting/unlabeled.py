@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from clipadapt.methods.base import DataKind, FitData
 from clipadapt.methods.common import check_fit_data, cosine_logits, scale_tensor
 from clipadapt.methods.prompting.coop import CoOp
+from clipadapt.methods.prompting.loop import world
 from clipadapt.methods.prompting.teacher import teacher_logits
 
 OBJECTIVES = ("pseudo_label", "entropy")
@@ -116,6 +117,12 @@ class UnsupervisedCoOp(CoOp):
 
     def _fit(self, data: FitData) -> None:
         features = _unlabeled(self, data)
+        if self.objective == "entropy" and world()[1] > 1:
+            raise ValueError(
+                f"{self.name}: the entropy objective's diversity term is a function of the "
+                "whole batch's mean prediction, which ranks that each hold a share cannot "
+                "reproduce; run it as one process (or use objective='pseudo_label')"
+            )
         if self.objective == "entropy":
 
             def objective(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
