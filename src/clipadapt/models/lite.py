@@ -96,10 +96,12 @@ class LiteBackend(Backend):
     """EfficientNet-Lite0 (ImageNet-1k) + all-MiniLM-L6-v2, tied through the ImageNet head."""
 
     # Images per forward for feature extraction: a CNN's activations grow with the batch
-    # (about 17 MB per image at the widest layer). 8 adds ~140 MB resident while encoding
-    # against ~260 MB at 16 and ~1 GB at 64, at the same speed on 2 cores; the features are
-    # bit-identical whatever the batch (benchmarks/extraction_throughput.py).
-    preferred_batch_size = 8
+    # (about 17 MB per image at the widest layer): 16 adds ~260 MB resident while encoding
+    # against ~1 GB at 64, for 2-9% fewer images per second on 2 cores; 8 saves another
+    # ~120 MB but the cold demo ran 5% slower, and its peak is in the text phase anyway.
+    # Features are bit-identical whatever the batch (benchmarks/startup.py,
+    # extraction_throughput.py).
+    preferred_batch_size = 16
 
     def __init__(self, device: str | torch.device = "cpu", alignment: LiteAlignment | None = None):
         self.device = torch.device(device)
