@@ -8,6 +8,7 @@ the package's module at run time: ``np.float_`` and ``gaussian(multichannel=...)
     /tmp/icvenv/bin/pip install numpy scipy scikit-image opencv-python-headless pillow setuptools
     /tmp/icvenv/bin/pip install --no-deps imagecorruptions==1.1.2
     PYTHONPATH=src /tmp/icvenv/bin/python benchmarks/corruption_reference_check.py IMAGE...
+    ... --corruptions spatter,frost --seed 1   # some corruptions, other draws
 
 Both sides draw their random numbers from one legacy ``RandomState`` seeded alike (the
 package from NumPy's global state), so a corruption whose draws come in the same order
@@ -67,13 +68,14 @@ def main() -> int:
     parser.add_argument("images", nargs="+")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out")
+    parser.add_argument("--corruptions", default=",".join(CORRUPTIONS), help="comma-separated")
     args = parser.parse_args()
     theirs = reference()
     rows = []
     for path in args.images:
         with Image.open(path) as image:
             pixels = np.asarray(resize_center_crop(image.convert("RGB"), CANVAS))
-        for name in CORRUPTIONS:
+        for name in args.corruptions.split(","):
             for severity in SEVERITIES:
                 np.random.seed(args.seed)
                 expected = theirs(pixels, severity=severity, corruption_name=name)

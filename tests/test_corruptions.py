@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from clipadapt import corruptions
+from clipadapt.bench.config import BenchConfig
 from clipadapt.corruptions import CANVAS, COMMON, CORRUPTIONS, EXTRA, SEVERITIES, corrupt
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.features import extract_features
@@ -20,16 +23,15 @@ from clipadapt.views import (
 )
 
 
-def _frost_installed() -> bool:
-    try:
-        corruptions.frost_directory()
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _available(name: str) -> bool:
-    return name != "frost" or _frost_installed()
+def _skip_unless_installed(name: str) -> None:
+    """Skip, with the reason, when corruption ``name`` needs a part that is not installed."""
+    if name in corruptions.NEEDS_OPENCV:
+        pytest.importorskip("cv2", reason=f"{name} needs OpenCV: pip install '.[corruptions]'")
+    if name == "frost":
+        try:
+            corruptions.frost_directory()
+        except FileNotFoundError:
+            pytest.skip("frost needs the frost images of the imagecorruptions package")
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +55,7 @@ def test_the_suite_is_imagenet_c_s_fifteen_plus_held_out_extras():
 
 @pytest.mark.parametrize("name", list(CORRUPTIONS))
 def test_each_corruption_is_seeded_and_severity_changes_it(photo, name):
-    if not _available(name):
-        pytest.skip("frost needs the frost images of the imagecorruptions package")
+    _skip_unless_installed(name)
     views = [corruption_view_name(name, s) for s in (1, 5)]
     first = [corrupt_view(photo, "hash-a", v) for v in views]
     again = corrupt_view(photo, "hash-a", views[0])
@@ -63,10 +64,11 @@ def test_each_corruption_is_seeded_and_severity_changes_it(photo, name):
     assert not np.array_equal(np.asarray(first[0]), np.asarray(first[1]))
 
 
-@pytest.mark.parametrize("name", ["gaussian_noise", "shot_noise", "fog", "glass_blur", "frost"])
+@pytest.mark.parametrize(
+    "name", ["gaussian_noise", "shot_noise", "fog", "glass_blur", "frost", "spatter"]
+)
 def test_random_corruptions_draw_from_the_image_hash(photo, name):
-    if not _available(name):
-        pytest.skip("frost needs the frost images of the imagecorruptions package")
+    _skip_unless_installed(name)
     view = corruption_view_name(name, 3)
     a, b = (np.asarray(corrupt_view(photo, h, view)) for h in ("hash-a", "hash-b"))
     assert not np.array_equal(a, b)
@@ -133,6 +135,31 @@ def test_missing_frost_images_fail_before_any_image(monkeypatch):
     monkeypatch.setattr(corruptions.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps imagecorruptions"):
         view_transform(lambda image: image, "frost@1")
+
+
+@pytest.mark.parametrize("name", ["spatter", "frost"])
+def test_missing_opencv_fails_before_any_image_naming_the_extra(monkeypatch, tmp_path, name):
+    if name == "frost":
+        _skip_unless_installed("frost")  # else the missing images are reported first
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 raises ImportError
+    message = rf"the {name} corruption needs OpenCV: pip install 'clipadapt\[corruptions\]'"
+    with pytest.raises(ValueError, match=message):
+        view_transform(lambda image: image, f"{name}@2")
+    with pytest.raises(ValueError, match=f"corruptions: {message}"):
+        BenchConfig(data="d", out=tmp_path, protocol="corruptions", corruptions=name)
+    BenchConfig(data="d", out=tmp_path, protocol="corruptions", corruptions="fog")  # no OpenCV
+
+
+def test_spatter_is_water_drops_then_mud(photo):
+    pytest.importorskip("cv2", reason="spatter needs OpenCV: pip install '.[corruptions]'")
+    clean = np.asarray(photo.resize((CANVAS, CANVAS)))
+    water = [corrupt(clean, "spatter", s, _rng()).astype(int) - clean for s in (1, 2, 3)]
+    mud = [corrupt(clean, "spatter", s, _rng()) for s in (4, 5)]
+    for change in water:  # pale turquoise added: nothing darker (but for float rounding)
+        assert change.min() >= -1 and (change > 8).any()
+    assert [(c > 1).any(-1).mean() for c in water] == sorted((c > 1).any(-1).mean() for c in water)
+    brown = lambda x: (np.abs(x.astype(int) - [63, 42, 20]).max(-1) <= 2).any()  # noqa: E731
+    assert all(brown(out) for out in mud) and not brown(clean)  # covered pixels turn mud brown
 
 
 def test_corruption_views_are_cached_under_their_own_key(fake_backend, image_folder, tmp_path):

@@ -3,20 +3,22 @@
 The definitions and constants are those of the PyPI package ``imagecorruptions`` 1.1.2
 (which generalises the ImageNet-C code to any image size); that package does not run with
 NumPy 2 and current scikit-image (``np.float_``, ``multichannel=``), so they are written
-here in NumPy, PIL and SciPy, drawing every random number from the ``rng`` passed in.
+here in NumPy, PIL and SciPy, drawing every random number from the ``rng`` passed in;
+``frost`` and ``spatter`` call OpenCV's own operators as the package does (the extra
+``clipadapt[corruptions]``; imported when one of them runs).
 ``benchmarks/corruption_reference_check.py`` compares them with the package's outputs given
 the same random draws (``benchmarks/results/corruption_reference_check.json``): identical
-bytes except ``frost`` (below), ``impulse_noise`` (the package's draws cannot be seeded; the
-changed fraction agrees) and at most 1 grey level of float rounding before truncation.
+bytes except ``impulse_noise`` (the package's draws cannot be seeded; the changed fraction
+agrees) and at most 1 grey level of float rounding before truncation.
 
 * ``COMMON``: the 15 corruptions of ImageNet-C; mean corruption accuracy and mCE average them.
-* ``EXTRA``: ImageNet-C's held-out validation corruptions, reported apart. ``spatter`` is
-  not implemented: it needs OpenCV's Canny edges and distance transform.
+* ``EXTRA``: ImageNet-C's held-out validation corruptions, reported apart.
 * ``glass_blur`` keeps the reference's in-place "swap", which copies the neighbour pixel
   onto the current one (the ImageNet-C data were made with it).
 * ``frost`` blends one of the frost photographs shipped inside ``imagecorruptions``, read
   from that installed package's folder (``pip install --no-deps imagecorruptions``; it is
-  never imported). It resizes them with PIL's bicubic, where the reference uses OpenCV's.
+  never imported), resized with OpenCV's bicubic.
+* ``spatter`` is water drops at severities 1-3 and mud at 4-5, as in the package.
 
 ``STYLES`` are style changes without severity for crafted validation shifts (``grayscale``,
 ``edges``: dark Sobel edges on white, ``posterize``: 2 bits per channel); ``STYLE_VERSION``
@@ -33,11 +35,12 @@ import math
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
 
-VERSION = "imagenet-c/imagecorruptions-1.1.2/v1"
+VERSION = "imagenet-c/imagecorruptions-1.1.2/v2"
 """Part of every corruption view's cache key: change it whenever a definition changes."""
 STYLE_VERSION = "style/v1"
 CANVAS = 224
@@ -59,7 +62,8 @@ COMMON = (
     "pixelate",
     "jpeg_compression",
 )
-EXTRA = ("speckle_noise", "gaussian_blur", "saturate")
+EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+NEEDS_OPENCV = ("frost", "spatter")
 FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
 
 Corruption = Callable[[np.ndarray, int, np.random.Generator], np.ndarray | Image.Image]
@@ -208,6 +212,26 @@ def frost_directory() -> Path:
     return folder
 
 
+def opencv(name: str) -> ModuleType:
+    """OpenCV (``cv2``), which corruption ``name`` uses as the reference does."""
+    try:
+        import cv2
+    except ImportError:
+        raise ValueError(
+            f"the {name} corruption needs OpenCV: pip install 'clipadapt[corruptions]' "
+            f"(or leave {name} out)"
+        ) from None
+    return cv2
+
+
+def require(name: str) -> None:
+    """Fail now, naming what to install, when corruption ``name`` needs a missing part."""
+    if name == "frost":
+        frost_directory()
+    if name in NEEDS_OPENCV:
+        opencv(name)
+
+
 # -- the corruptions ----------------------------------------------------------------------
 def gaussian_noise(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     c = [0.08, 0.12, 0.18, 0.26, 0.38][severity - 1]
@@ -325,12 +349,45 @@ def frost(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     fw, fh = overlay.size
     height, width = x.shape[:2]
     scale = 1.1 * max(1.0, height / fh, width / fw)
-    overlay = overlay.resize((math.ceil(fw * scale), math.ceil(fh * scale)), Image.BICUBIC)
-    frost_pixels = np.asarray(overlay)
+    cv2 = opencv("frost")
+    size = (math.ceil(fw * scale), math.ceil(fh * scale))
+    frost_pixels = cv2.resize(np.asarray(overlay), size, interpolation=cv2.INTER_CUBIC)
     top = int(rng.integers(0, frost_pixels.shape[0] - height))
     left = int(rng.integers(0, frost_pixels.shape[1] - width))
     crop = frost_pixels[top : top + height, left : left + width]
     return np.clip(keep * x + amount * crop, 0, 255)
+
+
+def spatter(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Thresholded blurred noise as pale turquoise water drops (severities 1-3: embossed
+    distance to the drops' Canny edges) or as brown mud blobs (4-5)."""
+    cv2 = opencv("spatter")
+    loc, scale, sigma, cut, amount, mud = [
+        (0.65, 0.3, 4, 0.69, 0.6, False),
+        (0.65, 0.3, 3, 0.68, 0.6, False),
+        (0.65, 0.3, 2, 0.68, 0.5, False),
+        (0.65, 0.3, 1, 0.65, 1.5, True),
+        (0.67, 0.4, 1, 0.65, 1.5, True),
+    ][severity - 1]
+    x = np.asarray(x, np.float32) / 255.0
+    liquid = _gaussian(rng.normal(size=x.shape[:2], loc=loc, scale=scale), sigma, channels=False)
+    liquid[liquid < cut] = 0
+    if mud:
+        blobs = _gaussian((liquid > cut).astype(np.float32), amount, channels=False)
+        blobs[blobs < 0.8] = 0
+        brown = np.array([63, 42, 20]) / 255.0 * blobs[..., None]
+        return np.clip(x * (1 - blobs[..., None]) + brown, 0, 1) * 255
+    liquid = (liquid * 255).astype(np.uint8)
+    dist = cv2.distanceTransform(255 - cv2.Canny(liquid, 50, 150), cv2.DIST_L2, 5)
+    _, dist = cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)
+    dist = cv2.equalizeHist(cv2.blur(dist, (3, 3)).astype(np.uint8))
+    emboss = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], np.float32)
+    dist = cv2.blur(cv2.filter2D(dist, cv2.CV_8U, emboss), (3, 3)).astype(np.float32)
+    drops = liquid * dist
+    # products of uint8 values: the floor of 1 changes nothing but 0 / 0 when there is no drop
+    drops = drops / max(float(drops.max()), 1.0) * amount
+    turquoise = (np.array([175, 238, 238]) / 255.0).astype(np.float32)
+    return np.clip(x + drops[..., None] * turquoise, 0, 1) * 255
 
 
 def fog(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
@@ -425,6 +482,7 @@ CORRUPTIONS: dict[str, Corruption] = {
     "jpeg_compression": jpeg_compression,
     "speckle_noise": speckle_noise,
     "gaussian_blur": gaussian_blur,
+    "spatter": spatter,
     "saturate": saturate,
 }
 

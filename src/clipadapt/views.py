@@ -174,8 +174,8 @@ def view_transform(
         return lambda image, _content: preprocess(image)
     parsed = parse_corruption_view(view)
     if parsed is not None or view in corruptions.STYLES:
-        if parsed is not None and parsed[0] == "frost":
-            corruptions.frost_directory()  # fails now, not at the first image
+        if parsed is not None:
+            corruptions.require(parsed[0])  # fails now, not at the first image
         return lambda image, content: preprocess(corrupt_view(image, content, view))
     _recipe(view)  # checks the name
     return lambda image, content: preprocess(augment(image, content, view))

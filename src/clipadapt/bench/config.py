@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from clipadapt.corruptions import COMMON, CORRUPTIONS, EXTRA, SEVERITIES, frost_directory
+from clipadapt.corruptions import COMMON, CORRUPTIONS, EXTRA, SEVERITIES, require
 from clipadapt.defaults import CALIBRATION_MODES, DEFAULT_VIEWS, SELECTION_MODES
 from clipadapt.views import DEFAULT_AUGMENT, parse_augment
 
@@ -246,15 +246,16 @@ def _methods(value: Any) -> dict[str, dict[str, Any]]:
 
 
 def _corruptions(value: Any, used: bool) -> tuple[str, ...]:
-    """Corruption names in the suite's order; frost checked for its images when ``used``."""
+    """Corruption names in the suite's order; when ``used``, each checked for what it needs
+    installed (frost's images, OpenCV)."""
     names = _as_list("corruptions", value, str)
     unknown = [n for n in names if n not in CORRUPTIONS]
     if unknown or not names:
         raise ValueError(f"corruptions {unknown or names}: use some of {', '.join(CORRUPTIONS)}")
-    if used and "frost" in names:
+    for name in names if used else ():
         try:
-            frost_directory()
-        except FileNotFoundError as err:
+            require(name)
+        except (FileNotFoundError, ValueError) as err:
             raise ValueError(f"corruptions: {err}") from None
     return tuple(n for n in CORRUPTIONS if n in names)
 
