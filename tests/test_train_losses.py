@@ -273,6 +273,31 @@ def test_distill_is_kl_to_the_teacher_mixed_with_clip() -> None:
     assert loss.item() == pytest.approx((1 - lam) * clip + lam * distill / (2 * N), rel=1e-12)
 
 
+def test_distill_from_two_teachers_averages_their_softmaxes() -> None:
+    image, text = batch(18)
+    teachers = torch.stack(
+        [100 * torch.tensor(cos(*batch(k)), dtype=torch.float64) for k in (19, 20)]
+    )
+    loss = loss_of("distill", weight=1.0)(image, text, teachers)
+    student = [[v / 0.07 for v in row] for row in cos(image, text)]
+    t = [m.tolist() for m in teachers]
+
+    def softmax(row: list[float]) -> list[float]:
+        z = sum(math.exp(v - max(row)) for v in row)
+        return [math.exp(v - max(row)) / z for v in row]
+
+    expected = 0.0
+    for i in range(N):
+        for rows, s_row in (
+            ([m[i] for m in t], student[i]),
+            ([column(m, i) for m in t], column(student, i)),
+        ):
+            p = [sum(vals) / 2 for vals in zip(*(softmax(r) for r in rows), strict=True)]
+            q = softmax(s_row)
+            expected += sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
+    assert loss.item() == pytest.approx(expected / (2 * N), rel=1e-10)
+
+
 def test_distill_from_a_teacher_equal_to_the_student_is_the_weighted_clip_loss() -> None:
     image, text = batch(13)
     teacher = (1 / 0.07) * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T

@@ -86,6 +86,11 @@ def _both_ways(logits: Tensor, weights: Tensor) -> Tensor:
     return (_weighted_nll(logits, weights) + _weighted_nll(logits.T, weights.T)) / 2
 
 
+def _identity_like(logits: Tensor) -> Tensor:
+    """The ``B x B`` identity in the logits' dtype and device: ``i`` is pair ``i``'s positive."""
+    return torch.eye(len(logits), dtype=logits.dtype, device=logits.device)
+
+
 class ClipLoss(nn.Module):
     """Symmetric InfoNCE of CLIP (Radford et al. 2021, "Learning Transferable Visual Models
     From Natural Language Supervision", Fig. 3):
@@ -101,14 +106,10 @@ class ClipLoss(nn.Module):
         super().__init__()
         self.scale = LogitScale(init_scale, max_scale)
 
-    def logits(self, image: Tensor, text: Tensor) -> Tensor:
-        """``s x_i . y_j``, images as rows."""
-        return self.scale() * _cosine(image, text)
-
     def forward(self, image: Tensor, text: Tensor, valid: Tensor | None = None) -> Tensor:
         image, text = _kept(valid, image, text)
-        logits = self.logits(image, text)
-        return _both_ways(logits, torch.eye(len(logits), dtype=logits.dtype, device=logits.device))
+        logits = self.scale() * _cosine(image, text)
+        return _both_ways(logits, _identity_like(logits))
 
 
 class SigLipLoss(nn.Module):
@@ -134,7 +135,7 @@ class SigLipLoss(nn.Module):
     def forward(self, image: Tensor, text: Tensor, valid: Tensor | None = None) -> Tensor:
         image, text = _kept(valid, image, text)
         logits = self.scale() * _cosine(image, text) + self.bias
-        signs = 2 * torch.eye(len(logits), dtype=logits.dtype, device=logits.device) - 1
+        signs = 2 * _identity_like(logits) - 1
         return -F.logsigmoid(signs * logits).sum() / len(logits)
 
 
@@ -263,19 +264,25 @@ class SupervisedContrastiveLoss(nn.Module):
 
 
 class DistillLoss(nn.Module):
-    """CLIP loss mixed with distillation from a teacher's image-text similarities, as in
+    """CLIP loss mixed with distillation from teachers' image-text similarities, as in
     MobileCLIP's multi-modal reinforced training (Vasu et al. 2024, "MobileCLIP: Fast
-    Image-Text Models through Multi-Modal Reinforced Training", Sec. 3):
+    Image-Text Models through Multi-Modal Reinforced Training", Sec. 3, and the
+    ``DistillClipLoss`` of its open_clip patch):
 
     ``L = (1 - lambda) L_CLIP + lambda L_KD``,
-    ``L_KD = 1/2 [ 1/N sum_i KL(softmax(T_i / tau) || softmax(S_i / tau))
-                 + 1/N sum_i KL(softmax(T^T_i / tau) || softmax(S^T_i / tau)) ]``
+    ``L_KD = 1/2 [ 1/N sum_i KL(P_i || softmax(S_i / tau))
+                 + 1/N sum_i KL(P'_i || softmax(S^T_i / tau)) ]``
 
-    ``S = s x_i.y_j`` are the student's logits (its learnable ``ClipLoss`` scale), ``T`` the
-    teacher's image-by-text logits (``teacher_logits``, ``B x B``, already scaled by the
-    teacher's own temperature), rows image->text and, transposed, text->image. ``tau`` is an
-    extra distillation temperature (1 = none). ``lambda`` (``weight``) mixes the two terms;
-    its default 0.5 is an even mix, not a value taken from the paper.
+    ``S = s x_i.y_j`` are the student's logits (its learnable ``ClipLoss`` scale).
+    ``teacher_logits`` are a teacher's image-by-text logits ``T`` (``B x B``, already scaled by
+    the teacher's temperature; MobileCLIP uses 100) or a stack of K teachers (``K x B x B``);
+    ``P = mean_k softmax(T_k / tau)`` row-wise (image->text) and ``P'`` the same over ``T_k^T``
+    (text->image), an ensemble averaged after the softmax as MobileCLIP does. KL differs from
+    the patch's cross-entropy ``-sum P log Q`` by the teachers' entropy, a constant: same
+    gradients. ``tau`` is an extra distillation temperature (1 = none, as in MobileCLIP).
+    ``lambda`` (``weight``) mixes the two terms: MobileCLIP's released DataCompDR runs use
+    ``lambda = 1`` (``--distill-loss-weights 0.0 1.0``); the default 0.5 here is an even mix
+    for fine-tuning on a user's own pairs, not the paper's value.
     """
 
     name = "distill"
@@ -294,28 +301,30 @@ class DistillLoss(nn.Module):
             raise ValueError(f"distillation temperature tau must be positive, got {tau}")
         self.weight = weight
         self.tau = tau
-        self.contrastive = ClipLoss(init_scale, max_scale)
+        self.scale = LogitScale(init_scale, max_scale)
 
     def forward(
         self, image: Tensor, text: Tensor, teacher_logits: Tensor, valid: Tensor | None = None
     ) -> Tensor:
-        if teacher_logits.shape != (len(image), len(image)):
+        n = len(image)
+        if teacher_logits.shape[-2:] != (n, n) or teacher_logits.ndim not in (2, 3):
             raise ValueError(
-                f"teacher_logits must be {len(image)} x {len(image)}, got "
+                f"teacher_logits must be {n} x {n} or K x {n} x {n}, got "
                 f"{tuple(teacher_logits.shape)}"
             )
+        teachers = teacher_logits.detach().reshape(-1, n, n)
         if valid is not None:
-            teacher_logits = teacher_logits[valid][:, valid]
+            teachers = teachers[:, valid][:, :, valid]
         image, text = _kept(valid, image, text)
-        student = self.contrastive.logits(image, text)
-        teacher = teacher_logits.detach().to(student.dtype)
-        distill = _kl_rows(teacher, student, self.tau) + _kl_rows(teacher.T, student.T, self.tau)
-        contrastive = self.contrastive(image, text)
-        return (1 - self.weight) * contrastive + self.weight * distill / 2
+        student = self.scale() * _cosine(image, text)
+        teachers = teachers.to(student.dtype) / self.tau
+        rows = teachers.softmax(dim=-1).mean(0)
+        columns = teachers.transpose(1, 2).softmax(dim=-1).mean(0)
+        distill = (_kl_rows(rows, student / self.tau) + _kl_rows(columns, student.T / self.tau)) / 2
+        contrastive = _both_ways(student, _identity_like(student))
+        return (1 - self.weight) * contrastive + self.weight * distill
 
 
-def _kl_rows(teacher: Tensor, student: Tensor, tau: float) -> Tensor:
-    """``1/N sum_i KL(softmax(teacher_i / tau) || softmax(student_i / tau))``."""
-    log_t = (teacher / tau).log_softmax(dim=-1)
-    log_s = (student / tau).log_softmax(dim=-1)
-    return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+def _kl_rows(target: Tensor, logits: Tensor) -> Tensor:
+    """``1/N sum_i KL(target_i || softmax(logits_i))`` for rows of probabilities ``target``."""
+    return (torch.xlogy(target, target) - target * logits.log_softmax(dim=-1)).sum(-1).mean()
