@@ -114,7 +114,7 @@ class ClipLoss(nn.Module):
 
 class SigLipLoss(nn.Module):
     """Pairwise sigmoid loss of SigLIP (Zhai et al. 2023, "Sigmoid Loss for Language Image
-    Pre-Training", Eq. 1 / Algorithm 1):
+    Pre-Training", Sec. 3 and Algorithm 1):
 
     ``L = -1/|B| sum_i sum_j log sigmoid(z_ij (t x_i.y_j + b))``, ``z_ii = 1``, ``z_ij = -1``
 
@@ -156,7 +156,7 @@ def _info_loob(anchors: Tensor, candidates: Tensor, inv_tau: Tensor) -> Tensor:
 
 class InfoLOOBLoss(nn.Module):
     """Symmetric InfoLOOB of CLOOB (Fürst et al. 2022, "CLOOB: Modern Hopfield Networks with
-    InfoLOOB Outperform CLIP", Eq. 5 and the ml-jku/cloob code):
+    InfoLOOB Outperform CLIP", and the ``infoLOOB_loss`` / ``cloob`` of ml-jku/cloob):
 
     ``L = tau [ 1/N sum_i -log( exp(x_i.y_i / tau) / sum_{j != i} exp(x_i.y_j / tau) )
               + 1/N sum_i -log( exp(x_i.y_i / tau) / sum_{j != i} exp(x_j.y_i / tau) ) ]``
@@ -208,15 +208,17 @@ def cwcl_weights(frozen: Tensor) -> Tensor:
 
 class CWCLLoss(nn.Module):
     """Continuously weighted contrastive loss (Srinivasa et al. 2023, "CWCL: Cross-Modal
-    Transfer with Continuously Weighted Contrastive Loss", NeurIPS, Sec. 3):
+    Transfer with Continuously Weighted Contrastive Loss", NeurIPS, Sec. 3). The paper
+    trains a tower for modality U (embeddings p) against a frozen pre-trained one for V
+    (embeddings q), and weights every pair by how alike the frozen tower finds the samples:
 
-    ``L_{U->V} = -1/N sum_i (1 / sum_j w_ij) sum_j w_ij log softmax_j(s p_i.q_j)``
+    ``L_{U->V} = -1/N sum_i (1 / sum_j w_ij) sum_j w_ij log softmax_j(s p_i.q_j)``,
+    ``w_ij = (1 + cos(f_i, f_j)) / 2`` in ``[0, 1]``, ``w_ii = 1``
 
-    where ``w_ij = (1 + cos(f_i, f_j)) / 2`` comes from the frozen (pre-trained) tower's
-    embeddings ``f`` of the batch (``frozen``), so pair ``j`` is a positive for anchor ``i``
-    to the degree the frozen tower finds samples ``i`` and ``j`` alike (``w_ii = 1``).
-    Returned is the mean of the image->text and text->image directions, both weighted by
-    the frozen tower's similarities. ``s`` as in ``ClipLoss``.
+    with ``f`` the frozen tower's embeddings of the batch (``frozen``; pass the image
+    embeddings themselves, detached, when the image tower is the frozen one, as in LiT).
+    Returned is the mean of the image->text and text->image directions, both weighted by the
+    frozen similarities (a constant factor from their sum). ``s`` as in ``ClipLoss``.
     """
 
     name = "cwcl"
@@ -238,7 +240,7 @@ class CWCLLoss(nn.Module):
 class SupervisedContrastiveLoss(nn.Module):
     """Image-text contrastive loss where every pair sharing a class label is a positive, in
     the form of UniCL (Yang et al. 2022, "Unified Contrastive Learning in Image-Text-Label
-    Space", Eq. 2-3), i.e. SupCon's ``L_out`` (Khosla et al. 2020): the log-probabilities
+    Space"), i.e. SupCon's ``L_out`` (Khosla et al. 2020): the log-probabilities
     are averaged over the positives ``P(i) = {j : label_j = label_i}`` outside the log,
 
     ``L_{i->t} = -1/N sum_i 1/|P(i)| sum_{k in P(i)} log softmax_j(s x_i.y_j)_k``
