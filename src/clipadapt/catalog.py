@@ -1,8 +1,9 @@
-"""What exists, by name, without importing it: the method and detector registries as
-``name -> "module:Class"``.
+"""What exists, by name, without importing it: the method, detector and training-loss
+registries as ``name -> "module:Class"``.
 
-The CLI checks a name here in milliseconds, before torch loads; ``clipadapt.methods.METHODS``
-and ``clipadapt.ood.DETECTORS`` are built from these tables, so a name is listed once.
+The CLI checks a name here in milliseconds, before torch loads; ``clipadapt.methods.METHODS``,
+``clipadapt.ood.DETECTORS`` and ``clipadapt.train.LOSSES`` are built from these tables, so a
+name is listed once.
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ DETECTOR_CLASSES = {
     "pseudo_open": "clipadapt.ood.pseudo_open:PseudoOpen",
 }
 
+LOSS_CLASSES = {
+    "clip": "clipadapt.train.losses:ClipLoss",
+    "siglip": "clipadapt.train.losses:SigLipLoss",
+    "infoloob": "clipadapt.train.losses:InfoLOOBLoss",
+    "cwcl": "clipadapt.train.losses:CWCLLoss",
+    "supervised": "clipadapt.train.losses:SupervisedContrastiveLoss",
+    "distill": "clipadapt.train.losses:DistillLoss",
+}
+
 
 def check_method(name: str) -> str:
     """``name`` if it is a registered method, else a ValueError listing the known ones."""
@@ -58,6 +68,14 @@ def check_detector(name: str) -> str:
     if name not in DETECTOR_CLASSES:
         known = ", ".join(sorted(DETECTOR_CLASSES))
         raise ValueError(f"unknown OOD score {name!r}; known scores: {known}")
+    return name
+
+
+def check_loss(name: str) -> str:
+    """``name`` if it is a registered training loss, else a ValueError listing the known ones."""
+    if name not in LOSS_CLASSES:
+        known = ", ".join(sorted(LOSS_CLASSES))
+        raise ValueError(f"unknown loss {name!r}; known losses: {known}")
     return name
 
 
