@@ -18,6 +18,7 @@ from clipadapt.data.pairs import (
     merge_pairs,
     pairs_from_classes,
     split_pairs,
+    write_pairs_csv,
 )
 
 
@@ -225,3 +226,16 @@ def test_split_keeps_captions_of_an_image_together(tmp_path: Path) -> None:
     assert again_train.captions == train.captions
     other, _ = split_pairs(pairs, test_fraction=0.3, seed=5)
     assert set(other.images) != set(train.images)
+
+
+def test_pairs_csv_round_trip(tmp_path: Path) -> None:
+    data = load_image_folder(make_image_folder(tmp_path / "f", {"cat": 2, "dog": 1}))
+    pairs = pairs_from_classes(data, ['a "quoted", {}', "the {}"])
+    out = write_pairs_csv(pairs, tmp_path / "out" / "pairs.csv")
+    assert out.read_text().startswith("filepath,title,label\n../f/cat/0.png,")
+    back = load_pairs_csv(out)
+    assert back.captions == pairs.captions
+    assert back.images == pairs.images
+    assert [p.label for p in back.pairs] == [p.label for p in pairs.pairs]
+    with pytest.raises(DatasetError, match="already exists"):
+        write_pairs_csv(pairs, out)

@@ -11,6 +11,8 @@ by the caller). A bad pair is a ``DatasetError`` naming the file and row, or wit
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import string
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipadapt.atomic import atomic_write_text
 from clipadapt.data.csvfile import DEFAULT_CAPTION_COLUMN, DEFAULT_LABEL_COLUMN, load_csv
 from clipadapt.data.dataset import UNLABELED, ImageDataset
 from clipadapt.data.errors import DatasetError
@@ -229,6 +232,29 @@ def merge_pairs(datasets: Sequence[PairDataset], name: str | None = None) -> Pai
         labelled[0].classnames if labelled else (),
         [s for d in datasets for s in d.skipped],
     )
+
+
+def write_pairs_csv(
+    dataset: PairDataset, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
+    """Write ``dataset`` as open_clip's CSV (``filepath``, ``title``, plus ``label`` holding
+    the class name when labelled), atomically; ``load_pairs_csv`` reads it back.
+
+    Image paths are written relative to the CSV's folder. An existing file is an error
+    unless ``overwrite``.
+    """
+    path = Path(os.path.abspath(path))
+    if path.exists() and not overwrite:
+        raise DatasetError(f"{path} already exists; choose another output file or remove it")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    labelled = bool(dataset.classnames)
+    writer.writerow(["filepath", "title", *(["label"] if labelled else [])])
+    for pair in dataset.pairs:
+        relative = Path(os.path.relpath(pair.path, path.parent)).as_posix()
+        label = [dataset.classnames[pair.label]] if labelled else []
+        writer.writerow([relative, pair.caption, *label])
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def split_pairs(
