@@ -231,11 +231,46 @@ def test_split_keeps_captions_of_an_image_together(tmp_path: Path) -> None:
 def test_pairs_csv_round_trip(tmp_path: Path) -> None:
     data = load_image_folder(make_image_folder(tmp_path / "f", {"cat": 2, "dog": 1}))
     pairs = pairs_from_classes(data, ['a "quoted", {}', "the {}"])
-    out = write_pairs_csv(pairs, tmp_path / "out" / "pairs.csv")
-    assert out.read_text().startswith("filepath,title,label\n../f/cat/0.png,")
+    out = write_pairs_csv(pairs, tmp_path / "pairs.csv")
+    assert out.read_text().startswith('filepath,title,label\nf/cat/0.png,"a ""quoted"", cat",cat\n')
+    elsewhere = write_pairs_csv(pairs, tmp_path / "out" / "pairs.csv")
+    assert f"\n{tmp_path}/f/dog/0.png,the dog,dog\n" in elsewhere.read_text()
     back = load_pairs_csv(out)
     assert back.captions == pairs.captions
     assert back.images == pairs.images
     assert [p.label for p in back.pairs] == [p.label for p in pairs.pairs]
     with pytest.raises(DatasetError, match="already exists"):
         write_pairs_csv(pairs, out)
+
+
+# -- CLI --------------------------------------------------------------------------------------
+def test_cli_pairs_balances_dedups_and_writes_csv(tmp_path: Path, capsys) -> None:
+    from clipadapt.cli import main
+
+    folder = make_image_folder(tmp_path / "f", {"cat": 8, "dog": 2})
+    png(tmp_path / "test" / "x.png", 1)
+    (tmp_path / "test" / "copy.png").write_bytes((folder / "cat" / "0.png").read_bytes())
+    test_csv = write_csv(
+        tmp_path / "test" / "t.csv", "filepath,title\ncopy.png,a cat\nx.png,other\n"
+    )
+    out, report = tmp_path / "pairs.csv", tmp_path / "report.json"
+    argv = ["pairs", "--data", str(folder), "--template", "a photo of a {}."]
+    argv += ["--template", "a {} pic", "--test", str(test_csv), "--class-entries", "--cap", "4"]
+    assert main([*argv, "--out", str(out), "--report", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "dropped 1 of 10 images, 2 pairs" in printed
+    assert "dog: 4 -> 4" in printed  # at most the cap: all kept
+    counts = json.loads(report.read_text())
+    assert counts["loaded"] == 20
+    assert counts["balance"]["entries"]["cat"][0] == 14
+    assert counts["balance"]["kept"] == len(load_pairs_csv(out)) <= 14 + 4
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_pairs_validates_before_loading(tmp_path: Path, capsys) -> None:
+    from clipadapt.cli import main
+
+    code = main(["pairs", "--data", str(tmp_path / "nothing"), "--cap", "5", "--out", "o.csv"])
+    assert code == 2
+    assert "balancing needs --cap and entries" in capsys.readouterr().err

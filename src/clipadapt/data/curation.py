@@ -19,13 +19,16 @@ similarity >= ``threshold`` with any test image's, comparing blocks so that memo
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from clipadapt.data.errors import DatasetError
 from clipadapt.data.images import content_hash
 from clipadapt.data.pairs import PairDataset
 
@@ -62,6 +65,18 @@ class DedupReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def read_entries(path: str | os.PathLike[str]) -> list[str]:
+    """Entries from a UTF-8 text file, one a line; blank lines and ``#`` comments skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read entries file {path} ({exc}); give UTF-8 text") from exc
+    entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not entries:
+        raise DatasetError(f"entries file {path} lists no entries (one per line)")
+    return entries
 
 
 def match_entries(

@@ -204,7 +204,7 @@ def pairs_from_classes(
         for t in picks:
             text = templates[t].format(name, classname=name, domain=domain, **{"class": name})
             rows.append((sample.path, text, sample.label))
-    return make_pair_dataset(dataset.name, dataset.root, rows, dataset.classnames)
+    return make_pair_dataset(dataset.name, dataset.root, rows, dataset.classnames, dataset.skipped)
 
 
 def merge_pairs(datasets: Sequence[PairDataset], name: str | None = None) -> PairDataset:
@@ -240,8 +240,8 @@ def write_pairs_csv(
     """Write ``dataset`` as open_clip's CSV (``filepath``, ``title``, plus ``label`` holding
     the class name when labelled), atomically; ``load_pairs_csv`` reads it back.
 
-    Image paths are written relative to the CSV's folder. An existing file is an error
-    unless ``overwrite``.
+    Images under the CSV's folder are written relative to it, others absolute. An existing
+    file is an error unless ``overwrite``.
     """
     path = Path(os.path.abspath(path))
     if path.exists() and not overwrite:
@@ -251,7 +251,8 @@ def write_pairs_csv(
     labelled = bool(dataset.classnames)
     writer.writerow(["filepath", "title", *(["label"] if labelled else [])])
     for pair in dataset.pairs:
-        relative = Path(os.path.relpath(pair.path, path.parent)).as_posix()
+        inside = pair.path.is_relative_to(path.parent)
+        relative = pair.path.relative_to(path.parent).as_posix() if inside else str(pair.path)
         label = [dataset.classnames[pair.label]] if labelled else []
         writer.writerow([relative, pair.caption, *label])
     return atomic_write_text(path, buffer.getvalue())
