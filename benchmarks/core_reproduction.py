@@ -80,13 +80,23 @@ def digest(root: Path) -> dict[str, dict]:
     return out
 
 
+def holds(reference: object, now: object) -> bool:
+    """Every value the reference recorded is exactly equal now; keys added since (e.g. the
+    calibration metrics of every target) are new fields, not changes."""
+    if isinstance(reference, dict):
+        return isinstance(now, dict) and all(
+            key in now and holds(value, now[key]) for key, value in reference.items()
+        )
+    return reference == now
+
+
 def same(reference: dict, now: dict | None) -> bool:
-    """Metrics and selected values exactly equal; predicted classes equal, and their
-    probabilities within 1e-4 (``predict`` now takes the softmax in float64, on purpose:
-    float32 saturated it, issue 10)."""
-    if now is None or (now["metrics"], now["selected"]) != (
-        reference["metrics"],
-        reference["selected"],
+    """Metrics and selected values exactly equal (as ``holds``); predicted classes equal,
+    and their probabilities within 1e-4 (``predict`` now takes the softmax in float64, on
+    purpose: float32 saturated it, issue 10)."""
+    if now is None or not holds(
+        {"metrics": reference["metrics"], "selected": reference["selected"]},
+        {"metrics": now["metrics"], "selected": now["selected"]},
     ):
         return False
     pairs = zip(reference.get("predictions", []), now.get("predictions", []), strict=True)

@@ -40,6 +40,7 @@ def test_catalog_names_the_registered_classes() -> None:
         ["predict", "{tmp}/absent", "x.jpg"],
         ["predict", "{tmp}/model", "{tmp}/absent.jpg"],
         ["report", "{tmp}/absent"],
+        ["pairs", "--data", "{tmp}/absent", "--out", "{tmp}/pairs.csv"],
     ],
 )
 def test_bad_arguments_fail_before_torch_loads(tmp_path: Path, argv: list[str]) -> None:

@@ -289,6 +289,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser(
+        "pairs",
+        help="build image-text pairs, curate them (MetaCLIP balancing, dedup against a test "
+        "set) and write them as an open_clip CSV",
+    )
+    p.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help="a .csv of pairs (several rows per image allowed), webdataset .tar shards, or "
+        "labelled folders / builtin:<name> captioned by --template",
+    )
+    p.add_argument(
+        "--template",
+        action="append",
+        help="caption template for labelled folders: {} (or {classname}, {class}) for the "
+        "class, {domain} for the domain folder; repeatable, one pair per template and image "
+        "(default: 'a photo of a {}.')",
+    )
+    p.add_argument(
+        "--one-per-image", action="store_true", help="one template per image, drawn by --seed"
+    )
+    p.add_argument("--extract-dir", type=Path, help="webdataset: folder to extract images to")
+    p.add_argument(
+        "--test",
+        nargs="+",
+        help="pairs held out for testing (same forms as --data): training images with the "
+        "same bytes (sha256) as a test image are dropped",
+    )
+    p.add_argument(
+        "--entries", type=Path, help="text file of entries (one a line) for MetaCLIP balancing"
+    )
+    p.add_argument(
+        "--class-entries", action="store_true", help="balance on the class names as entries"
+    )
+    p.add_argument("--cap", type=int, help="balancing: about this many pairs kept per entry")
+    p.add_argument("--plurals", action="store_true", help="entries also match their plurals")
+    p.add_argument("--seed", type=int, default=1, help="seed of templates and balancing")
+    p.add_argument("--classnames", type=Path, help="classnames.json mapping labels to names")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad pairs, list them")
+    csv_args(p)
+    p.add_argument("--out", type=Path, required=True, help="the pairs CSV to write (new file)")
+    p.add_argument("--report", type=Path, help="also write the counts as JSON (new file)")
+    p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser(
         "demo",
         help="the main job: adapt the built-in model to the textile images, compare to zero-shot",
     )
@@ -841,6 +886,60 @@ def cmd_search(args: argparse.Namespace) -> None:
         "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape")
     )
     sys.stdout.buffer.flush()
+
+
+def cmd_pairs(args: argparse.Namespace) -> None:
+    from clipadapt.atomic import atomic_write_json
+    from clipadapt.data.curation import balance, drop_exact_duplicates, read_entries
+    from clipadapt.data.pair_sources import DEFAULT_PAIR_TEMPLATES, load_pairs
+    from clipadapt.data.pairs import write_pairs_csv
+
+    if (args.entries is not None or args.class_entries) != (args.cap is not None):
+        raise ValueError("balancing needs --cap and entries (--entries FILE or --class-entries)")
+    if args.entries is not None and args.class_entries:
+        raise ValueError("give --entries or --class-entries, not both")
+    for target in (args.out, args.report):
+        if target is not None and target.exists():
+            raise ValueError(f"{target} already exists; choose another file or remove it")
+    entries = None if args.entries is None else read_entries(args.entries)
+    options = {
+        "templates": args.template or DEFAULT_PAIR_TEMPLATES,
+        "one_per_image": args.one_per_image,
+        "seed": args.seed,
+        "extract_dir": args.extract_dir,
+        "classnames_file": args.classnames,
+        "skip_bad": args.skip_bad,
+        **_csv_options(args),
+    }
+    pairs = load_pairs(args.data, **options)
+    report: dict[str, Any] = {"loaded": len(pairs), "skipped": pairs.skipped}
+    for item in pairs.skipped:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    if args.test:
+        test = load_pairs(args.test, **options)
+        pairs, dedup = drop_exact_duplicates(pairs, test)
+        report["dedup"] = dedup.to_dict()
+        print(
+            f"dedup against {len(test.images)} test images ({dedup.method}): dropped "
+            f"{dedup.dropped_images} of {dedup.train_images} images, {dedup.dropped_pairs} pairs"
+        )
+    if args.cap is not None:
+        if args.class_entries and not pairs.classnames:
+            raise ValueError("--class-entries needs labelled pairs; give --entries FILE")
+        pairs, curation = balance(
+            pairs, entries or pairs.classnames, cap=args.cap, seed=args.seed, plurals=args.plurals
+        )
+        report["balance"] = curation.to_dict()
+        print(
+            f"balanced with cap {curation.cap}: kept {curation.kept} of {curation.total} pairs "
+            f"({curation.unmatched} matched no entry)"
+        )
+        for entry, (before, after) in curation.entries.items():
+            print(f"  {entry}: {before} -> {after}")
+    write_pairs_csv(pairs, args.out)
+    print(f"wrote {len(pairs)} pairs of {len(pairs.images)} images to {args.out}")
+    if args.report is not None:
+        atomic_write_json(args.report, report)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -4,6 +4,10 @@ Loaders: ``load_image_folder`` (``root/<class>/<image>``), ``load_domain_folders
 (``root/<domain>/<class>/<image>``), ``load_csv`` (image paths with labels and/or captions),
 ``load_builtin`` (datasets shipped in packages) and ``load_dataset``, which picks one from a
 spec. ``decode_image`` reads one image as RGB or raises ``ImageDecodeError``.
+
+Image-text pairs (``PairDataset``): ``load_pairs_csv``, ``pairs_from_classes``,
+``clipadapt.data.shards.load_pairs_webdataset``; curation (MetaCLIP balancing, train/test
+dedup) in ``clipadapt.data.curation``.
 """
 
 from clipadapt.data.builtin import BUILTIN_DATASETS, load_builtin
@@ -14,6 +18,15 @@ from clipadapt.data.errors import DatasetError, ImageDecodeError
 from clipadapt.data.folders import load_domain_folders, load_image_folder
 from clipadapt.data.images import IMAGE_EXTENSIONS, decode_image, image_paths, is_image_file
 from clipadapt.data.load import load_dataset
+from clipadapt.data.pairs import (
+    Pair,
+    PairDataset,
+    load_pairs_csv,
+    merge_pairs,
+    pairs_from_classes,
+    split_pairs,
+    write_pairs_csv,
+)
 from clipadapt.data.splits import FewShotSplit, Split, few_shot, load_split, train_test_split
 
 __all__ = [
@@ -25,6 +38,8 @@ __all__ = [
     "FewShotSplit",
     "ImageDataset",
     "ImageDecodeError",
+    "Pair",
+    "PairDataset",
     "Sample",
     "Split",
     "decode_image",
@@ -36,6 +51,11 @@ __all__ = [
     "load_dataset",
     "load_domain_folders",
     "load_image_folder",
+    "load_pairs_csv",
     "load_split",
+    "merge_pairs",
+    "pairs_from_classes",
+    "split_pairs",
     "train_test_split",
+    "write_pairs_csv",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from clipadapt.data.classnames import read_classnames_file, resolve_classnames
@@ -25,6 +26,8 @@ def load_csv(
     sep: str = ",",
     classnames_file: str | os.PathLike[str] | None = None,
     skip_bad: bool = False,
+    several_captions: bool = False,
+    check_caption: Callable[[str], str | None] | None = None,
 ) -> ImageDataset:
     """Load a CSV (UTF-8, header row) with one image per row.
 
@@ -39,6 +42,11 @@ def load_csv(
     CSV) the same image as an earlier row is an error naming the line; with ``skip_bad`` the
     row is skipped and recorded in ``dataset.skipped``, and so is a label none of whose rows
     was usable (reason ``class dropped: ...``). Images are not decoded here.
+
+    For image-text pairs, ``several_captions`` requires the caption column and lets an image
+    appear on several rows (one caption each; a labelled image must keep its label), and
+    ``check_caption(caption)`` returns why a row's caption is unusable, or ``None``; such a
+    row is an error or skipped like any other bad row.
     """
     csv_path = Path(os.path.abspath(csv_path))
     if len(sep) != 1:
@@ -63,7 +71,12 @@ def load_csv(
             has_label, has_caption = _check_columns(
                 csv_path, reader.fieldnames, path_column, label_column, caption_column, sep
             )
-            first_line: dict[Path, int] = {}
+            if several_captions and not has_caption:
+                raise DatasetError(
+                    f"{csv_path} has no caption column {caption_column!r}; name it with "
+                    "--caption-column, or the separator with --csv-sep"
+                )
+            first_line: dict[Path, tuple[int, str | None]] = {}
             rows_per_label: Counter[str] = Counter()
             for row in reader:
                 line = reader.line_num
@@ -86,15 +99,25 @@ def load_csv(
                     reject(line, path_text, f"image file {path} is empty (0 bytes)")
                 elif label == "":
                     reject(line, path_text, f"empty {label_column!r}")
-                elif has_label and path in first_line:
+                elif has_label and not several_captions and path in first_line:
                     reject(
                         line,
                         path_text,
-                        f"{path_text!r} was already listed on line {first_line[path]}; a "
+                        f"{path_text!r} was already listed on line {first_line[path][0]}; a "
                         "labelled image must appear once, or it could land in both train and test",
                     )
+                elif path in first_line and first_line[path][1] != label:
+                    earlier, earlier_label = first_line[path]
+                    reject(
+                        line,
+                        path_text,
+                        f"{path_text!r} is labelled {label!r} here but {earlier_label!r} on line "
+                        f"{earlier}; an image has one label",
+                    )
+                elif check_caption is not None and (problem := check_caption(caption or "")):
+                    reject(line, path_text, problem)
                 else:
-                    first_line.setdefault(path, line)
+                    first_line.setdefault(path, (line, label))
                     rows.append((path, label, caption))
     except csv.Error as exc:
         raise DatasetError(f"{csv_path} is not a readable CSV ({exc})") from exc
