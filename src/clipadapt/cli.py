@@ -18,7 +18,6 @@ from clipadapt.data import ImageDataset, image_paths, load_dataset
 from clipadapt.data.errors import DatasetError
 from clipadapt.defaults import CALIBRATION_MODES, DEFAULT_VIEWS, SELECTION_MODES
 from clipadapt.demo import DEMO_METHOD
-from clipadapt.paths import display_path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -530,8 +529,7 @@ def _embed_with_ray(args: argparse.Namespace, backend) -> None:
         shard_size=args.shard_size,
         progress=not args.quiet,
     )
-    for item in job.skipped:
-        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    _print_skipped(job.skipped)
     print(
         f"{len(paths)} images in {job.shards} shards ({job.reused} already finished), "
         f"{job.computed} computed, {len(job.skipped)} skipped; shards in {job.directory}"
@@ -724,8 +722,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         skip_bad=args.skip_bad,
         progress=not args.quiet,
     )
-    for item in skipped:
-        print(f"skipped {display_path(item['path'])}: {item['reason']}", file=sys.stderr)
+    _print_skipped(skipped)
     if args.output:
         print(f"{len(rows)} predictions written to {write_predictions(rows, args.output)}")
     else:  # file names that are not UTF-8 go out as the bytes they are
@@ -845,8 +842,7 @@ def cmd_index(args: argparse.Namespace) -> None:
         recall_target=args.recall_target,
         progress=not args.quiet,
     )
-    for item in feats.skipped:
-        print(f"skipped {display_path(item['path'])}: {item['reason']}", file=sys.stderr)
+    _print_skipped(feats.skipped)
     print(
         f"indexed {len(index)} images ({feats.cached} from cache, {feats.computed} computed, "
         f"{len(feats.skipped)} skipped) into {args.out}: {index.kind}"
@@ -913,8 +909,7 @@ def cmd_pairs(args: argparse.Namespace) -> None:
     }
     pairs = load_pairs(args.data, **options)
     report: dict[str, Any] = {"loaded": len(pairs), "skipped": pairs.skipped}
-    for item in pairs.skipped:
-        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    _print_skipped(pairs.skipped)
     if args.test:
         test = load_pairs(args.test, **options)
         pairs, dedup = drop_exact_duplicates(pairs, test)
@@ -959,6 +954,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 # -- helpers ----------------------------------------------------------------------------
+def _print_skipped(skipped: list[dict[str, str]]) -> None:
+    """One stderr line per image left out (its path already as ``display_path`` prints it)."""
+    for item in skipped:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+
+
 def _backend(args: argparse.Namespace):
     from clipadapt.models import create_backend
 
