@@ -252,3 +252,11 @@ def test_preprocessing_without_torchvision_is_torchvision_bit_for_bit(tmp_path) 
         pixels = torch.randint(0, 256, (height, width, 3), generator=rng, dtype=torch.uint8)
         image = Image.fromarray(pixels.numpy())
         assert torch.equal(ours(image), reference(image)), (width, height)
+
+
+def test_building_the_text_tower_prints_no_progress_bar(capfd) -> None:
+    from transformers.utils import logging as hf_logging
+
+    MiniLMTextTower()
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # restored for whoever else uses transformers

@@ -37,10 +37,17 @@ class MiniLMTextTower(nn.Module):
     def __init__(self, path: Path | None = None) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         path = path or minilm_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.bert = AutoModel.from_pretrained(str(path), local_files_only=True)
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar for a local model
+        try:
+            self.bert = AutoModel.from_pretrained(str(path), local_files_only=True)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         self.bert.eval()
         self.output_dim = int(self.bert.config.hidden_size)
 
