@@ -37,7 +37,7 @@ and the same command runs again to completion (the recovery). After it, the chec
   SQLite's own ``-wal``/``-shm`` files are allowed and listed);
 - coop_resume: besides, the recovery must really resume. Every run but ``cache show`` goes
   through a launcher that calls the CLI's ``main`` as the console script does and only
-  observes: it records the epoch ``_resume`` in ``clipadapt.methods.prompting.loop``
+  observes: it records the epoch ``_resume`` in ``clipadapt.train.loop``
   returns. When the kill left a checkpoint of epoch k, the recovery must start from k.
 
 A kill "lands" when the process was still running (it died of SIGKILL); a kill drawn after
@@ -83,7 +83,7 @@ fault-injection harness, the epoch each checkpointed training loop starts from."
 import os
 import sys
 
-import clipadapt.methods.prompting.loop as loop
+import clipadapt.train.loop as loop
 
 _resume = loop._resume
 

@@ -27,7 +27,6 @@ from clipadapt.defaults import DEFAULT_VIEWS
 from clipadapt.feature_cache import FeatureCache
 from clipadapt.features import extract_features
 from clipadapt.methods import Method, create_method, load_method
-from clipadapt.methods.prompting.loop import world
 from clipadapt.models.base import Backend
 from clipadapt.ood import UNKNOWN, OpenSetClassifier, ScoreInput
 from clipadapt.ood.local import encode_local_features, extract_local_features
@@ -38,6 +37,7 @@ from clipadapt.pipeline.openset import false_unknown_rate
 from clipadapt.pipeline.task import TEST, Images, Setting, Splits, Target
 from clipadapt.prompts import make_prompt_set
 from clipadapt.saved import ADAPTED_FORMAT, check_model_dir, read_config
+from clipadapt.train.loop import world
 from clipadapt.views import DEFAULT_AUGMENT
 
 DEFAULT_OOD_SCORE = "knn"

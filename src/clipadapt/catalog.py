@@ -30,6 +30,10 @@ METHOD_CLASSES = {
     "coop_unsupervised": "clipadapt.methods.prompting.unlabeled:UnsupervisedCoOp",
     "maple": "clipadapt.methods.prompting.deep:MaPLe",
     "ivlp": "clipadapt.methods.prompting.deep:IVLP",
+    "ft": "clipadapt.methods.finetuning:FineTune",
+    "lp_ft": "clipadapt.methods.finetuning:LPFT",
+    "flyp": "clipadapt.methods.finetuning:FLYP",
+    "wise_ft": "clipadapt.methods.finetuning:WiSEFT",
     "auto": "clipadapt.methods.auto:Auto",
 }
 

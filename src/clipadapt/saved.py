@@ -17,6 +17,8 @@ under ``hyperparameters``."""
 CONFIG_FILE = "config.json"
 REBUILD = "re-run clipadapt adapt to rebuild the model directory"
 ADAPTED_FORMAT = "clipadapt.adapted/1"
+FINETUNED_FORMAT = "clipadapt.finetuned/1"
+FINETUNED_KEY = "finetuned"
 
 
 def read_config(directory: Path, *required: str) -> dict[str, Any]:
@@ -44,16 +46,18 @@ def read_config(directory: Path, *required: str) -> dict[str, Any]:
     return config
 
 
-def check_model_dir(out: str | os.PathLike[str]) -> Path:
-    """Where ``adapt`` may write a model: a new path, an empty directory, or a directory that
-    holds a clipadapt adapted model (replaced whole). Anything else is refused, before any
-    work is done: the user's own files are never deleted."""
+def check_model_dir(out: str | os.PathLike[str], *, finetuned: bool = False) -> Path:
+    """Where ``adapt`` (``finetune`` with ``finetuned``) may write a model: a new path, an
+    empty directory, or a directory that holds a model that command wrote (replaced whole).
+    Anything else is refused, before any work is done: the user's own files are never
+    deleted."""
     target = Path(out)
     if target.resolve() == Path.cwd().resolve() or target.name in ("", ".", ".."):
         raise ValueError(f"--out {out}: name a directory for the model, not '{out}' itself")
     if target.exists() and not target.is_dir():
         raise ValueError(f"--out {out} is a file; name a new or empty directory for the model")
-    if target.is_dir() and any(target.iterdir()) and not is_adapted_dir(target):
+    ours = is_finetuned_dir if finetuned else is_adapted_dir
+    if target.is_dir() and any(target.iterdir()) and not ours(target):
         raise ValueError(
             f"--out {out} holds files that are not a clipadapt model; choose a new or empty "
             "directory (nothing was changed)"
@@ -63,8 +67,17 @@ def check_model_dir(out: str | os.PathLike[str]) -> Path:
 
 def is_adapted_dir(directory: Path) -> bool:
     """True when ``directory/config.json`` records a model written by ``adapt``."""
+    return _records(directory, "adapted", ADAPTED_FORMAT)
+
+
+def is_finetuned_dir(directory: Path) -> bool:
+    """True when ``directory/config.json`` records a model written by ``finetune``."""
+    return _records(directory, FINETUNED_KEY, FINETUNED_FORMAT)
+
+
+def _records(directory: Path, key: str, form: str) -> bool:
     try:
-        info = read_config(directory).get("adapted")
+        info = read_config(directory).get(key)
     except (OSError, ValueError):
         return False
-    return isinstance(info, dict) and info.get("format") == ADAPTED_FORMAT
+    return isinstance(info, dict) and info.get("format") == form

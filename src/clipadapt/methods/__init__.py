@@ -14,6 +14,7 @@ from clipadapt.catalog import METHOD_CLASSES, check_method, load_classes
 from clipadapt.methods.auto import Auto
 from clipadapt.methods.base import DataKind, FitData, Method, NotFittedError, read_config
 from clipadapt.methods.clip_adapter import ClipAdapter
+from clipadapt.methods.finetuning import FLYP, LPFT, FineTune, WiSEFT
 from clipadapt.methods.gda import GDA
 from clipadapt.methods.linear import LinearProbe, ZeroShotLinearProbe
 from clipadapt.methods.ncm import NearestClassMean
@@ -54,14 +55,17 @@ def load_method(directory: str | os.PathLike[str]) -> Method:
 
 
 __all__ = [
+    "FLYP",
     "GDA",
     "IVLP",
+    "LPFT",
     "METHODS",
     "Auto",
     "ClipAdapter",
     "CoCoOp",
     "CoOp",
     "DataKind",
+    "FineTune",
     "FitData",
     "ImageLoRA",
     "KgCoOp",
@@ -77,6 +81,7 @@ __all__ = [
     "TowerMethod",
     "UnsupervisedCoOp",
     "VisualPrompt",
+    "WiSEFT",
     "ZeroShot",
     "ZeroShotLinearProbe",
     "create_method",

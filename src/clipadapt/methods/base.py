@@ -42,6 +42,7 @@ class DataKind(StrEnum):
     UNLABELED = "unlabeled"  # unlabeled images; transductive if they include test images
     TOWER = "tower"  # the backend itself at fit time (FitData.backend), e.g. for prompt learning
     SUPPORT_IMAGES = "support_images"  # the support images' files (FitData.support_paths)
+    VALIDATION_IMAGES = "validation_images"  # the validation images' files (FitData.val_paths)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class FitData:
     seed: int = 1
     backend: Backend | None = None  # given to methods that read DataKind.TOWER
     support_paths: list[str] | None = None  # (N,) image files of the support set, same order
+    val_paths: list[str] | None = None  # (M,) image files of the validation set, same order
     unlabeled_paths: list[str] | None = None  # (U,) image files of the unlabeled set
     checkpoint_dir: Path | None = None  # where training methods checkpoint each epoch
     selection: str = "validation"  # one of SELECTION_MODES
@@ -107,6 +109,7 @@ _FIELDS_OF_KIND = {
     DataKind.UNLABELED: ("unlabeled_features", "unlabeled_paths"),
     DataKind.TOWER: ("backend",),
     DataKind.SUPPORT_IMAGES: ("support_paths",),
+    DataKind.VALIDATION_IMAGES: ("val_paths",),
 }
 
 

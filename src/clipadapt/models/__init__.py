@@ -1,8 +1,8 @@
 """Model backends behind one interface, picked by a spec string.
 
 ``lite`` (built-in, offline), ``open_clip:<arch>/<tag|checkpoint>``, ``hf-hub:<org/repo>``,
-``local-dir:<dir>``, ``hf:<repo or dir>``, or a local directory (open_clip's
-``open_clip_config.json`` or a Hugging Face ``config.json``).
+``local-dir:<dir>``, ``hf:<repo or dir>``, or a local directory (one ``clipadapt finetune``
+wrote, open_clip's ``open_clip_config.json`` or a Hugging Face ``config.json``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from clipadapt.models.base import Backend, ModelInfo
+from clipadapt.saved import is_finetuned_dir
 
 SPEC_FORMS: dict[str, str] = {
     "lite": "built-in offline model: EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2",
@@ -19,6 +20,7 @@ SPEC_FORMS: dict[str, str] = {
     "hf-hub:<org/repo>": "an open_clip model from the Hugging Face hub (needs it cached offline)",
     "local-dir:<dir>": "an open_clip model directory (open_clip_config.json + weights)",
     "hf:<repo id or dir>": "a Hugging Face transformers CLIPModel",
+    "<dir>": "a model directory written by clipadapt finetune",
 }
 
 
@@ -37,6 +39,10 @@ def create_backend(spec: str, device: str | torch.device = "cpu") -> Backend:
 
         return HFClipBackend(spec, device)
     path = Path(spec)
+    if path.is_dir() and is_finetuned_dir(path):
+        from clipadapt.models.finetuned import load_finetuned
+
+        return load_finetuned(path, device)
     if path.is_dir() and (path / "open_clip_config.json").is_file():
         return create_backend(f"local-dir:{path}", device)
     if path.is_dir() and (path / "config.json").is_file():

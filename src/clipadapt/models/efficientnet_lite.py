@@ -61,11 +61,22 @@ class SameConv2d(nn.Conv2d):
     """
 
     def __init__(
-        self, c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: object = None,
+        groups: int = 1,
+        bias: bool = False,
     ) -> None:
+        # ``padding`` is ignored (always SAME); the signature matches ``nn.Conv2d``'s, which
+        # PEFT calls to build LoRA's own convolutions of this type
+        kernel = kernel[0] if isinstance(kernel, tuple) else kernel
+        stride = stride[0] if isinstance(stride, tuple) else stride
         self.static_padding = stride == 1 and kernel % 2 == 1
-        padding = (kernel - 1) // 2 if self.static_padding else 0
-        super().__init__(c_in, c_out, kernel, stride, padding, groups=groups, bias=False)
+        same = (kernel - 1) // 2 if self.static_padding else 0
+        super().__init__(c_in, c_out, kernel, stride, same, groups=groups, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.static_padding:

@@ -52,6 +52,7 @@ class FewShotData:
     support_paths: list[str]
     val: torch.Tensor
     val_labels: torch.Tensor
+    val_paths: list[str]
     views: torch.Tensor | None = None  # (V, N, D)
     unlabeled: torch.Tensor | None = None
     unlabeled_paths: list[str] | None = None
@@ -102,6 +103,7 @@ def gather(
         support_paths=parts["support_paths"],
         val=torch.cat(parts["val"]),
         val_labels=torch.cat(parts["val_labels"]),
+        val_paths=parts["val_paths"],
         views=torch.cat(parts["views"], dim=1) if views else None,
         unlabeled=torch.cat(parts["unlabeled"]) if unlabeled else None,
         unlabeled_paths=parts["unlabeled_paths"] if unlabeled else None,
@@ -147,6 +149,7 @@ def fit_data(
         seed=seed,
         backend=backend,
         support_paths=data.support_paths,
+        val_paths=None if crafted else data.val_paths,
         checkpoint_dir=None if method.training_free else checkpoint_dir,
         selection=selection,
         feature_cache=feature_cache,

@@ -3,7 +3,7 @@
 ``torchrun --nproc_per_node N clipadapt adapt ...`` starts N copies of the command with
 ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK`` and the rendezvous address set; each joins the group
 here (gloo on CPU, NCCL when there are GPUs, one GPU per local rank) and the shared training
-loop (``clipadapt.methods.prompting.loop``) then splits every global batch over the ranks.
+loop (``clipadapt.train.loop``) then splits every global batch over the ranks.
 """
 
 from __future__ import annotations

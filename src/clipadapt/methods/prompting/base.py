@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -21,14 +21,10 @@ import torch
 from torch import nn
 
 from clipadapt.methods.base import DataKind, FitData, Method, read_config
-from clipadapt.methods.prompting.loop import EpochHook, run_key, train_epochs
 from clipadapt.models.base import Backend
+from clipadapt.train.loop import PRECISIONS, EpochHook, autocast_loss, run_key, train_epochs
 
 CHECKPOINT_SUFFIX = ".ckpt"
-BatchLoss = Callable[[int, torch.Tensor], torch.Tensor]  # (epoch, rows) -> loss
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-"""Training precisions: fp32, or bf16 autocast (CPUs with bf16 support and GPUs; needs no
-loss scaling, unlike fp16)."""
 
 
 @contextmanager
@@ -107,7 +103,7 @@ class TowerMethod(Method):
         )
         log = train_epochs(
             params,
-            self._autocast(loss, data.backend),
+            autocast_loss(loss, data.backend.device, self.precision),
             len(examples),
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -124,20 +120,6 @@ class TowerMethod(Method):
         self.text_fingerprint = data.backend.text_fingerprint
         self._backend = data.backend
         self._transfers = {}
-
-    def _autocast(self, loss: BatchLoss, backend: Backend) -> BatchLoss:
-        """``loss`` run under autocast to ``precision`` on the backend's device (parameters,
-        optimizer state and the backward pass stay fp32); ``loss`` itself for fp32."""
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return loss
-
-        def mixed(epoch: int, rows: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(backend.device.type, dtype=dtype):
-                value = loss(epoch, rows)
-            return value.float()
-
-        return mixed
 
     # -- new class names -----------------------------------------------------------------
     def class_embeddings_for(self, backend: Backend, classnames: list[str]) -> torch.Tensor:

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from clipadapt.methods.base import DataKind, FitData
 from clipadapt.methods.common import check_fit_data, cosine_logits, scale_tensor
 from clipadapt.methods.prompting.coop import CoOp
-from clipadapt.methods.prompting.loop import world
 from clipadapt.methods.prompting.teacher import teacher_logits
+from clipadapt.train.loop import world
 
 OBJECTIVES = ("pseudo_label", "entropy")
 

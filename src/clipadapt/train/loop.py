@@ -34,6 +34,26 @@ import torch.distributed as dist
 from clipadapt.atomic import atomic_write
 
 EpochHook = Callable[[int, float], None]  # (epoch, seconds) after each epoch
+StepHook = Callable[[int, float], None]  # (rows in the global batch, its loss) after each step
+BatchLoss = Callable[[int, torch.Tensor], torch.Tensor]  # (epoch, rows) -> loss
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+"""Training precisions: fp32, or bf16 autocast (CPUs with bf16 support and GPUs; needs no
+loss scaling, unlike fp16)."""
+
+
+def autocast_loss(loss: BatchLoss, device: torch.device, precision: str) -> BatchLoss:
+    """``loss`` run under autocast to ``precision`` on ``device`` (parameters, optimizer
+    state and the backward pass stay fp32); ``loss`` itself for fp32."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return loss
+
+    def mixed(epoch: int, rows: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype):
+            value = loss(epoch, rows)
+        return value.float()
+
+    return mixed
 
 
 @dataclass
@@ -78,14 +98,18 @@ def train_epochs(
     on_epoch: EpochHook | None = None,
     buffers: list[torch.Tensor] = (),
     after_epoch: Callable[[int], None] | None = None,
+    on_step: StepHook | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> TrainLog:
     """Train ``params`` on ``batch_loss(epoch, indices)`` over shuffled batches of ``range(n)``.
 
     A cosine schedule spans all steps. With ``checkpoint``, the parameters, optimizer and
     schedule are saved after every epoch and a matching checkpoint (same ``key``) is resumed.
     ``after_epoch(epoch)`` may update ``buffers`` (untrained tensors saved alongside, e.g. a
-    running average of the parameters) before the checkpoint. ``batch_loss`` must return the
-    mean over its rows (plus terms that do not depend on them). Returns the ``TrainLog``.
+    running average of the parameters) before the checkpoint. ``after_step()`` runs after each
+    optimiser step (e.g. to clamp a temperature), ``on_step(rows, loss)`` then reports it.
+    ``batch_loss`` must return the mean over its rows (plus terms that do not depend on them).
+    Returns the ``TrainLog``.
     """
     rank, size = world()
     steps_per_epoch = -(-n // batch_size)
@@ -116,6 +140,10 @@ def train_epochs(
                     log.losses.append(float(value.detach()))
                     optimizer.step()
                     schedule.step()
+                    if after_step is not None:
+                        after_step()
+                    if on_step is not None:
+                        on_step(len(batch), log.losses[-1])
             log.seconds.append(time.perf_counter() - began)
             if after_epoch is not None:
                 after_epoch(epoch)

@@ -1,0 +1,132 @@
+"""What fine-tuning trains: whole towers, the last N blocks, or LoRA adapters (through PEFT).
+
+``plan_training(backend, train, towers)`` freezes everything in ``backend`` and makes
+trainable what ``train`` names, in the ``towers`` given:
+
+* ``all``: every weight of those towers;
+* ``last:N``: the last N blocks of each tower and the layers after them (final norm,
+  projection; ``lite``'s head convolution);
+* ``lora``: rank-``r`` LoRA on the attention projections of transformer towers (query, key,
+  value) and on the 1x1 convolutions of ``lite``'s CNN (expand, project, head), put in by
+  PEFT. ``TrainingPlan.finish()`` merges the update into the weights and removes the
+  adapter layers, so the tuned model is a plain model again (saved like any other).
+
+A tower left out is locked: with the image tower locked, image features come from the
+feature cache (LiT); with the text tower locked, each caption is embedded once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from clipadapt.models.base import Backend
+from clipadapt.models.towers import TOWERS, tower
+
+LORA_TARGETS = {  # per backend and tower: a regular expression over module names
+    ("LiteBackend", "image"): r".*(_expand_conv|_project_conv|_conv_head)$",
+    ("LiteBackend", "text"): r".*\.(query|key|value)$",
+    ("HFClipBackend", "image"): r".*\.(q_proj|k_proj|v_proj)$",
+    ("HFClipBackend", "text"): r".*\.(q_proj|k_proj|v_proj)$",
+    ("OpenClipBackend", "image"): r".*\.attn$",
+    ("OpenClipBackend", "text"): r".*\.attn$",
+}
+TRAIN_FORMS = "all, last:N (N >= 1) or lora"
+
+
+@dataclass(frozen=True)
+class TrainMode:
+    """A parsed ``train`` value."""
+
+    kind: str  # "all", "last" or "lora"
+    blocks: int = 0
+
+    @classmethod
+    def parse(cls, value: str) -> TrainMode:
+        if value in ("all", "lora"):
+            return cls(value)
+        match = re.fullmatch(r"last:(\d+)", value)
+        if match and int(match.group(1)) >= 1:
+            return cls("last", int(match.group(1)))
+        raise ValueError(f"train {value!r}: use {TRAIN_FORMS}")
+
+
+@dataclass
+class TrainingPlan:
+    """The parameters to train and the towers they belong to."""
+
+    params: list[nn.Parameter]
+    towers: tuple[str, ...]
+    lora_modules: list[nn.Module] = field(default_factory=list)
+
+    def finish(self) -> None:
+        """Merge LoRA updates into the weights and take the adapter layers out; freeze."""
+        for module in self.lora_modules:
+            _merge_and_unwrap(module)
+        self.lora_modules = []
+        for param in self.params:
+            param.requires_grad_(False)
+
+
+def plan_training(
+    backend: Backend,
+    train: str,
+    towers: tuple[str, ...] = TOWERS,
+    *,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    seed: int = 1,
+) -> TrainingPlan:
+    """Freeze ``backend`` and make trainable what ``train`` names in ``towers``."""
+    mode = TrainMode.parse(train)
+    unknown = [t for t in towers if t not in TOWERS]
+    if unknown or not towers:
+        raise ValueError(f"towers {list(towers)}: name one or both of {TOWERS}")
+    for name in TOWERS:
+        tower(backend, name).module.requires_grad_(False)
+    params: list[nn.Parameter] = []
+    lora_modules: list[nn.Module] = []
+    for name in towers:
+        part = tower(backend, name)
+        if mode.kind == "all":
+            chosen = list(part.module.parameters())
+        elif mode.kind == "last":
+            chosen = part.parameters_of_last(mode.blocks)
+        else:
+            chosen = _inject_lora(backend, name, lora_rank, lora_alpha, seed)
+            lora_modules.append(part.module)
+        for param in chosen:
+            param.requires_grad_(True)
+        params += chosen
+    return TrainingPlan(params, tuple(towers), lora_modules)
+
+
+def _inject_lora(
+    backend: Backend, name: str, rank: int, alpha: float, seed: int
+) -> list[nn.Parameter]:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    key = (type(backend).__name__, name)
+    if key not in LORA_TARGETS:
+        raise ValueError(f"{backend.info.spec}: no LoRA targets known for its {name} tower")
+    module = tower(backend, name).module
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS[key]
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # PEFT draws the A matrices from the global generator
+        inject_adapter_in_model(config, module)
+    return [p for n, p in module.named_parameters() if "lora_" in n]
+
+
+def _merge_and_unwrap(module: nn.Module) -> None:
+    """Replace every PEFT LoRA layer under ``module`` by its base layer, update merged."""
+    for name, child in list(module.named_modules()):
+        if hasattr(child, "base_layer") and hasattr(child, "lora_A"):
+            child.merge()
+            parent_name, _, attr = name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            setattr(parent, attr, child.get_base_layer())
