@@ -41,6 +41,12 @@ def test_catalog_names_the_registered_classes() -> None:
         ["predict", "{tmp}/model", "{tmp}/absent.jpg"],
         ["report", "{tmp}/absent"],
         ["pairs", "--data", "{tmp}/absent", "--out", "{tmp}/pairs.csv"],
+        ["finetune", "--data", "{tmp}", "--out", "{tmp}/f", "--loss", "nope"],
+        ["finetune", "--data", "{tmp}", "--out", "{tmp}/f", "--train", "last:0"],
+        ["finetune", "--data", "{tmp}", "--out", "{tmp}/f", "--epochs", "0"],
+        ["finetune", "--data", "{tmp}", "--out", "{tmp}/f", "--accumulate", "999"],
+        ["finetune", "--data", "{tmp}/absent", "--out", "{tmp}/f"],
+        ["finetune", "--data", "{tmp}", "--out", "{tmp}"],
     ],
 )
 def test_bad_arguments_fail_before_torch_loads(tmp_path: Path, argv: list[str]) -> None:

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from clipadapt.catalog import LOSS_CLASSES, check_loss
-from clipadapt.train import LOSSES, create_loss
 from clipadapt.train.losses import LogitScale, hopfield_retrieve
+from clipadapt.train.registry import LOSSES, create_loss
 
 N, D = 5, 4
 

@@ -59,6 +59,10 @@ LOSS_CLASSES = {
 }
 
 
+TOWERS = ("image", "text")
+"""The towers of every model, in the order fine-tuned weights are saved."""
+
+
 def check_method(name: str) -> str:
     """``name`` if it is a registered method, else a ValueError listing the known ones."""
     if name not in METHOD_CLASSES:

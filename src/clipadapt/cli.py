@@ -39,15 +39,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _distributed(args: argparse.Namespace) -> bool:
-    """True when torchrun started this process as one of several; only adapt trains so."""
+    """True when torchrun started this process as one of several; adapt and finetune train
+    so."""
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    if args.func is not cmd_adapt:
+    if args.func not in (cmd_adapt, cmd_finetune):
         raise ValueError(
-            "under torchrun (WORLD_SIZE > 1) only 'clipadapt adapt' runs; start other "
-            "commands as one process"
+            "under torchrun (WORLD_SIZE > 1) only 'clipadapt adapt' and 'finetune' run; start "
+            "other commands as one process"
         )
     return True
 
@@ -331,6 +332,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the pairs CSV to write (new file)")
     p.add_argument("--report", type=Path, help="also write the counts as JSON (new file)")
     p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune the towers on image-text pairs and save a model every command takes "
+        "as --model",
+    )
+    _model_args(p)
+    p.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help="pairs: a .csv (filepath, title; several rows per image allowed), webdataset "
+        ".tar shards, or labelled folders captioned by --template",
+    )
+    p.add_argument("--template", action="append", help="as for 'clipadapt pairs'")
+    p.add_argument("--one-per-image", action="store_true", help="as for 'clipadapt pairs'")
+    p.add_argument("--extract-dir", type=Path, help="webdataset: folder to extract images to")
+    p.add_argument("--classnames", type=Path, help="classnames.json mapping labels to names")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad pairs, list them")
+    csv_args(p)
+    p.add_argument(
+        "--loss", default="clip", help="clip, siglip, infoloob, cwcl, supervised, distill"
+    )
+    p.add_argument(
+        "--train",
+        default="all",
+        help="what is trained: all (both towers), text (image tower locked: LiT, image "
+        "features from the cache), image (text tower locked), last:N (the last N blocks), "
+        "lora, or a tower and a mode, e.g. image:last:2, text:lora (default: all)",
+    )
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=1, help="batch order, templates, LoRA init")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument(
+        "--accumulate",
+        type=int,
+        default=1,
+        help="split every batch into this many chunks (same gradient, less memory)",
+    )
+    p.add_argument(
+        "--retention",
+        type=float,
+        default=0.0,
+        help="weight of the regulariser that keeps the original model's zero-shot behaviour "
+        "(distillation over ImageNet class prompts on the training images; 0: off)",
+    )
+    p.add_argument("--views", type=int, default=0, help="augmented views cycled per epoch")
+    p.add_argument("--augment", default="crop,flip", help="transforms of the augmented views")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument(
+        "--image-path",
+        choices=["cached", "reencode"],
+        default="cached",
+        help="a locked image tower's features: from the feature cache, computed once "
+        "(default), or the tower run at every step (for --views with --train text)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the model directory to write")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser(
         "demo",
@@ -935,6 +997,68 @@ def cmd_pairs(args: argparse.Namespace) -> None:
     print(f"wrote {len(pairs)} pairs of {len(pairs.images)} images to {args.out}")
     if args.report is not None:
         atomic_write_json(args.report, report)
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from clipadapt.data.pair_sources import DEFAULT_PAIR_TEMPLATES, load_pairs
+    from clipadapt.saved import check_model_dir
+    from clipadapt.train.options import FinetuneOptions, parse_train
+    from clipadapt.views import parse_augment
+
+    check_model_dir(args.out, finetuned=True)  # every argument is checked before torch loads
+    towers, mode = parse_train(args.train)
+    options = FinetuneOptions(
+        loss=args.loss,
+        train=mode,
+        towers=towers,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        precision=args.precision,
+        accumulate=args.accumulate,
+        retention=args.retention,
+        views=args.views,
+        augment=parse_augment(args.augment),
+        lora_rank=args.lora_rank,
+        image_path=args.image_path,
+    )
+    for source in args.data:
+        if not str(source).startswith("builtin:") and not Path(source).exists():
+            raise FileNotFoundError(f"--data {source}: no such file or folder")
+    from clipadapt.models.prompt_access import promptable_text
+    from clipadapt.train.finetune import finetune_model
+
+    backend = _backend(args)
+    access = promptable_text(backend)
+    pairs = load_pairs(
+        args.data,
+        templates=args.template or DEFAULT_PAIR_TEMPLATES,
+        one_per_image=args.one_per_image,
+        seed=args.seed,
+        extract_dir=args.extract_dir,
+        classnames_file=args.classnames,
+        skip_bad=args.skip_bad,
+        count_tokens=lambda text: access.count_tokens(text) + access.specials,
+        max_tokens=access.max_length,
+        **_csv_options(args),
+    )
+    _print_skipped(pairs.skipped)
+    result = finetune_model(
+        backend, pairs, options, args.out, cache=_cache(args), progress=not args.quiet
+    )
+    if _other_rank():
+        return
+    record = result.record
+    seconds = record["epoch_seconds"]
+    print(
+        f"fine-tuned {'/'.join(result.towers)} ({options.train}, loss {options.loss}) on "
+        f"{record['pairs']} pairs of {record['images']} images: {options.epochs} epochs"
+        + (f", {sum(seconds) / len(seconds):.1f} s per epoch run here" if seconds else "")
+        + f", final loss {record['final_loss']:.4f}"
+    )
+    print(f"model saved to {args.out}; use it anywhere as --model {args.out}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -19,6 +19,8 @@ REBUILD = "re-run clipadapt adapt to rebuild the model directory"
 ADAPTED_FORMAT = "clipadapt.adapted/1"
 FINETUNED_FORMAT = "clipadapt.finetuned/1"
 FINETUNED_KEY = "finetuned"
+FINETUNE_CHECKPOINT = ".clipadapt-finetune.ckpt"
+"""Written into a ``finetune --out`` directory after every epoch, removed once it is saved."""
 
 
 def read_config(directory: Path, *required: str) -> dict[str, Any]:
@@ -57,7 +59,14 @@ def check_model_dir(out: str | os.PathLike[str], *, finetuned: bool = False) -> 
     if target.exists() and not target.is_dir():
         raise ValueError(f"--out {out} is a file; name a new or empty directory for the model")
     ours = is_finetuned_dir if finetuned else is_adapted_dir
-    if target.is_dir() and any(target.iterdir()) and not ours(target):
+    resumable = (
+        finetuned
+        and target.is_dir()
+        and all(  # a killed run's checkpoint only
+            p.name.lstrip(".").startswith(FINETUNE_CHECKPOINT.lstrip(".")) for p in target.iterdir()
+        )
+    )
+    if target.is_dir() and any(target.iterdir()) and not (ours(target) or resumable):
         raise ValueError(
             f"--out {out} holds files that are not a clipadapt model; choose a new or empty "
             "directory (nothing was changed)"

@@ -43,9 +43,10 @@ from clipadapt.methods.prompting.images import SupportPixels, require_backend, r
 from clipadapt.methods.training import minimize_lbfgs
 from clipadapt.models.base import Backend
 from clipadapt.models.towers import load_tower_state, tower_state, tuned_copy
-from clipadapt.train.contrastive import FinetuneOptions, finetune_pairs
+from clipadapt.train.contrastive import finetune_pairs
+from clipadapt.train.options import FinetuneOptions, TrainMode
 from clipadapt.train.retention import reference_vocabulary, retention_kl
-from clipadapt.train.tuning import TrainMode, plan_training
+from clipadapt.train.tuning import plan_training
 from clipadapt.views import CENTER, view_transform
 
 TOWER_PREFIX = "tower."

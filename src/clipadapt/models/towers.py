@@ -21,9 +21,8 @@ from itertools import chain
 import torch
 from torch import nn
 
+from clipadapt.catalog import TOWERS
 from clipadapt.models.base import Backend
-
-TOWERS = ("image", "text")
 
 
 @dataclass

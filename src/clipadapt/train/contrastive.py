@@ -6,8 +6,9 @@ untouched and serves as the frozen reference) with one of the losses of
 :mod:`clipadapt.train.loop` (resume, ``torchrun``):
 
 * a locked tower is never run while training: with the image tower locked (LiT) the image
-  features come from the feature cache, computed once; with the text tower locked every
-  distinct caption is embedded once. A trained text tower embeds each distinct caption of a
+  features come from the feature cache, computed once (``image_path="reencode"`` runs it at
+  every step instead, for augmented views); with the text tower locked every distinct
+  caption is embedded once. A trained text tower embeds each distinct caption of a
   batch once (class-template captions repeat).
 * ``cwcl`` weights pairs by the similarities of the locked tower's embeddings (the original
   image features when both towers train); ``supervised`` needs class-labelled pairs;
@@ -40,51 +41,16 @@ from clipadapt.feature_cache import FeatureCache
 from clipadapt.features import extract_features, load_pixels
 from clipadapt.models.base import Backend
 from clipadapt.models.finetuned import set_logit_scale
-from clipadapt.models.towers import TOWERS, tuned_copy
-from clipadapt.train import create_loss
-from clipadapt.train.loop import PRECISIONS, TrainLog, autocast_loss, run_key, train_epochs
+from clipadapt.models.towers import tuned_copy
+from clipadapt.train.loop import TrainLog, autocast_loss, run_key, train_epochs
+from clipadapt.train.options import FinetuneOptions
+from clipadapt.train.registry import create_loss
 from clipadapt.train.retention import reference_vocabulary, retention_kl
-from clipadapt.train.tuning import TrainMode, plan_training
-from clipadapt.views import CENTER, DEFAULT_AUGMENT, augmented_view_name, view_transform
+from clipadapt.train.tuning import plan_training
+from clipadapt.views import CENTER, augmented_view_name, view_transform
 
 SCALE_INIT = {"clip": "init_scale", "cwcl": "init_scale", "supervised": "init_scale"}
 SCALE_INIT |= {"distill": "init_scale", "infoloob": "init_inv_tau"}
-
-
-@dataclass(frozen=True)
-class FinetuneOptions:
-    """How to fine-tune (see the module docstring); ``views`` augmented views cycle with the
-    epochs when the image tower trains (epoch e uses view e mod (1 + views), 0 = centre)."""
-
-    loss: str = "clip"
-    train: str = "all"
-    towers: tuple[str, ...] = TOWERS
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-5
-    weight_decay: float = 0.1
-    seed: int = 1
-    precision: str = "fp32"
-    accumulate: int = 1
-    retention: float = 0.0
-    views: int = 0
-    augment: tuple[str, ...] = DEFAULT_AUGMENT
-    lora_rank: int = 8
-
-    def __post_init__(self) -> None:
-        TrainMode.parse(self.train)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r}: use one of {tuple(PRECISIONS)}")
-        for name in ("epochs", "batch_size", "accumulate", "lora_rank"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.accumulate > self.batch_size:
-            raise ValueError(
-                f"accumulate {self.accumulate} exceeds batch_size {self.batch_size}: "
-                "each chunk needs at least one pair"
-            )
-        if self.retention < 0 or self.views < 0 or self.lr <= 0:
-            raise ValueError("retention and views must be >= 0 and lr > 0")
 
 
 @dataclass
@@ -97,8 +63,9 @@ class FinetuneResult:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-class BatchMemoryError(MemoryError):
-    """A batch does not fit in memory; the message says what to change."""
+class BatchMemoryError(MemoryError, ValueError):
+    """A batch does not fit in memory; the message says what to change (a ValueError too,
+    so that the CLI prints it as a one-line error)."""
 
 
 def finetune_pairs(
@@ -221,7 +188,7 @@ class _Reference:
         progress: bool,
     ) -> None:
         self.scale = float(backend.logit_scale)
-        image_locked = "image" not in options.towers
+        image_locked = "image" not in options.towers and options.image_path == "cached"
         text_locked = "text" not in options.towers
         self.image: torch.Tensor | None = None
         if image_locked or options.loss in ("cwcl", "distill") or options.retention > 0:
@@ -231,7 +198,7 @@ class _Reference:
         self.caption_index = {c: i for i, c in enumerate(self.captions)}
         self.text: torch.Tensor | None = None
         if text_locked or options.loss in ("cwcl", "distill"):
-            self.text = backend.encode_texts(self.captions)
+            self.text = backend.encode_texts(self.captions).clone()  # usable under autograd
         self.vocabulary: torch.Tensor | None = None
         if options.retention > 0 and not image_locked:
             self.vocabulary = reference_vocabulary(backend, reference_texts)
@@ -250,18 +217,20 @@ class _Embedder:
         self.caption_rows = torch.tensor([reference.caption_index[p.caption] for p in pairs.pairs])
         self.paths = [str(p) for p in pairs.images]
         self.train_image = "image" in options.towers
+        self.encode_image = self.train_image or options.image_path == "reencode"
         self.train_text = "text" in options.towers
         names = [CENTER] + [augmented_view_name(i, options.augment) for i in range(options.views)]
         self.transforms = [view_transform(tuned.preprocess, n) for n in names]
 
     def images(self, epoch: int, rows: torch.Tensor) -> torch.Tensor:
         groups = self.groups[rows]
-        if not self.train_image:
+        if not self.encode_image:
             return self.reference.image[groups]
         transform = self.transforms[epoch % len(self.transforms)]
         unique, inverse = groups.unique(return_inverse=True)
         pixels = torch.stack([load_pixels(self.paths[g], transform)[1] for g in unique.tolist()])
-        out = self.tuned.encode_image_batch(pixels.to(self.tuned.device))
+        with torch.set_grad_enabled(self.train_image and torch.is_grad_enabled()):
+            out = self.tuned.encode_image_batch(pixels.to(self.tuned.device))
         return F.normalize(out.float(), dim=-1).cpu()[inverse]
 
     def texts(self, rows: torch.Tensor) -> torch.Tensor:

@@ -32,11 +32,12 @@ import torch
 import torch.distributed as dist
 
 from clipadapt.atomic import atomic_write
+from clipadapt.train.options import PRECISION_NAMES
 
 EpochHook = Callable[[int, float], None]  # (epoch, seconds) after each epoch
 StepHook = Callable[[int, float], None]  # (rows in the global batch, its loss) after each step
 BatchLoss = Callable[[int, torch.Tensor], torch.Tensor]  # (epoch, rows) -> loss
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+PRECISIONS = dict(zip(PRECISION_NAMES, (None, torch.bfloat16), strict=True))
 """Training precisions: fp32, or bf16 autocast (CPUs with bf16 support and GPUs; needs no
 loss scaling, unlike fp16)."""
 

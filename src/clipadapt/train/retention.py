@@ -27,7 +27,7 @@ def reference_vocabulary(backend: Backend, texts: list[str] | None = None) -> to
         from clipadapt.models.lite_alignment import imagenet_classnames
 
         texts = [REFERENCE_TEMPLATE.format(c) for c in imagenet_classnames()]
-    return backend.encode_texts(texts)
+    return backend.encode_texts(texts).clone()  # a normal tensor, usable under autograd
 
 
 def retention_kl(

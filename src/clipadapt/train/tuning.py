@@ -6,10 +6,12 @@ trainable what ``train`` names, in the ``towers`` given:
 * ``all``: every weight of those towers;
 * ``last:N``: the last N blocks of each tower and the layers after them (final norm,
   projection; ``lite``'s head convolution);
-* ``lora``: rank-``r`` LoRA on the attention projections of transformer towers (query, key,
-  value) and on the 1x1 convolutions of ``lite``'s CNN (expand, project, head), put in by
-  PEFT. ``TrainingPlan.finish()`` merges the update into the weights and removes the
-  adapter layers, so the tuned model is a plain model again (saved like any other).
+* ``lora``: rank-``r`` LoRA, put in by PEFT, on the attention projections of transformer
+  towers (query, key, value; open_clip fuses those into one ``nn.MultiheadAttention``
+  weight, so there: the attention output and the MLP projections) and on the 1x1
+  convolutions of ``lite``'s CNN (expand, project, head). ``TrainingPlan.finish()``
+  merges the update into the weights and removes the adapter layers, so the tuned model
+  is a plain model again (saved like any other).
 
 A tower left out is locked: with the image tower locked, image features come from the
 feature cache (LiT); with the text tower locked, each caption is embedded once.
@@ -17,7 +19,6 @@ feature cache (LiT); with the text tower locked, each caption is embedded once.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import torch
@@ -25,33 +26,16 @@ from torch import nn
 
 from clipadapt.models.base import Backend
 from clipadapt.models.towers import TOWERS, tower
+from clipadapt.train.options import TrainMode
 
 LORA_TARGETS = {  # per backend and tower: a regular expression over module names
     ("LiteBackend", "image"): r".*(_expand_conv|_project_conv|_conv_head)$",
     ("LiteBackend", "text"): r".*\.(query|key|value)$",
     ("HFClipBackend", "image"): r".*\.(q_proj|k_proj|v_proj)$",
     ("HFClipBackend", "text"): r".*\.(q_proj|k_proj|v_proj)$",
-    ("OpenClipBackend", "image"): r".*\.attn$",
-    ("OpenClipBackend", "text"): r".*\.attn$",
+    ("OpenClipBackend", "image"): r".*\.(out_proj|c_fc|c_proj)$",
+    ("OpenClipBackend", "text"): r".*\.(out_proj|c_fc|c_proj)$",
 }
-TRAIN_FORMS = "all, last:N (N >= 1) or lora"
-
-
-@dataclass(frozen=True)
-class TrainMode:
-    """A parsed ``train`` value."""
-
-    kind: str  # "all", "last" or "lora"
-    blocks: int = 0
-
-    @classmethod
-    def parse(cls, value: str) -> TrainMode:
-        if value in ("all", "lora"):
-            return cls(value)
-        match = re.fullmatch(r"last:(\d+)", value)
-        if match and int(match.group(1)) >= 1:
-            return cls("last", int(match.group(1)))
-        raise ValueError(f"train {value!r}: use {TRAIN_FORMS}")
 
 
 @dataclass
@@ -123,10 +107,19 @@ def _inject_lora(
 
 
 def _merge_and_unwrap(module: nn.Module) -> None:
-    """Replace every PEFT LoRA layer under ``module`` by its base layer, update merged."""
-    for name, child in list(module.named_modules()):
-        if hasattr(child, "base_layer") and hasattr(child, "lora_A"):
+    """Replace every PEFT LoRA layer under ``module`` by its base layer, update merged.
+
+    Outer layers merge first (open_clip's attention merges its inner output projection
+    too), then the deepest are unwrapped first, so every parent path still resolves."""
+    layers = [
+        (name, child)
+        for name, child in module.named_modules()
+        if hasattr(child, "base_layer") and hasattr(child, "lora_A")
+    ]
+    for _, child in layers:
+        if not child.merged:
             child.merge()
-            parent_name, _, attr = name.rpartition(".")
-            parent = module.get_submodule(parent_name) if parent_name else module
-            setattr(parent, attr, child.get_base_layer())
+    for name, child in sorted(layers, key=lambda item: -item[0].count(".")):
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attr, child.get_base_layer())
