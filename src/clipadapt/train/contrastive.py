@@ -123,6 +123,7 @@ def finetune_pairs(
             checkpoint=checkpoint,
             key=key,
             on_step=on_step,
+            fused=True,
             after_step=lambda: [m.project_() for m in loss_fn.modules() if hasattr(m, "project_")],
         )
     except (torch.OutOfMemoryError, RuntimeError) as err:
