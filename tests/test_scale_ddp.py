@@ -81,4 +81,24 @@ def test_only_adapt_runs_under_torchrun(monkeypatch, capsys):
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["models"]) == 2
-    assert "only 'clipadapt adapt' runs" in capsys.readouterr().err
+    assert "only 'clipadapt adapt' and 'finetune' run" in capsys.readouterr().err
+
+
+def test_finetune_runs_under_torchrun(tiny_open_clip_dir, tmp_path):
+    from clipadapt.models import create_backend
+    from tests.conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", {"cat": 4, "dog": 4, "fish": 4})
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0", "-m", "clipadapt"]
+    args = ["finetune", "-q", "--model", f"local-dir:{tiny_open_clip_dir}", "--data", str(data)]
+    args += ["--train", "text", "--epochs", "2", "--batch-size", "6", "--lr", "1e-3"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "model")]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("model saved to") == 1  # rank 0 alone reports and writes
+    tuned = create_backend(str(tmp_path / "model"))
+    base = create_backend(f"local-dir:{tiny_open_clip_dir}")
+    assert tuned.text_fingerprint != base.text_fingerprint
+    assert tuned.image_fingerprint == base.image_fingerprint
