@@ -91,35 +91,48 @@ def plan_training(
 def _inject_lora(
     backend: Backend, name: str, rank: int, alpha: float, seed: int
 ) -> list[nn.Parameter]:
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig
 
     key = (type(backend).__name__, name)
     if key not in LORA_TARGETS:
         raise ValueError(f"{backend.info.spec}: no LoRA targets known for its {name} tower")
-    module = tower(backend, name).module
     config = LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS[key]
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # PEFT draws the A matrices from the global generator
-        inject_adapter_in_model(config, module)
+        module = inject_lora(config, tower(backend, name).module)
     return [p for n, p in module.named_parameters() if "lora_" in n]
 
 
-def _merge_and_unwrap(module: nn.Module) -> None:
-    """Replace every PEFT LoRA layer under ``module`` by its base layer, update merged.
+def inject_lora(config, module: nn.Module) -> nn.Module:
+    """``module`` with PEFT's LoRA layers (``config``) put in; only their weights train."""
+    from peft import inject_adapter_in_model
 
-    Outer layers merge first (open_clip's attention merges its inner output projection
-    too), then the deepest are unwrapped first, so every parent path still resolves."""
+    module = inject_adapter_in_model(config, module)
+    for name, param in module.named_parameters():
+        param.requires_grad_("lora_" in name)
+    return module
+
+
+def merge_lora(module: nn.Module) -> None:
+    """Merge every LoRA update under ``module`` into its base weights (outer layers first:
+    open_clip's attention merges its inner output projection too)."""
+    for layer in module.modules():
+        if hasattr(layer, "lora_A") and not layer.merged:
+            layer.merge()
+
+
+def _merge_and_unwrap(module: nn.Module) -> None:
+    """Merge every LoRA layer under ``module``, then replace it by its base layer, the
+    deepest first, so every parent path still resolves."""
+    merge_lora(module)
     layers = [
-        (name, child)
+        name
         for name, child in module.named_modules()
         if hasattr(child, "base_layer") and hasattr(child, "lora_A")
     ]
-    for _, child in layers:
-        if not child.merged:
-            child.merge()
-    for name, child in sorted(layers, key=lambda item: -item[0].count(".")):
+    for name in sorted(layers, key=lambda n: -n.count(".")):
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, attr, child.get_base_layer())
+        setattr(parent, attr, getattr(parent, attr).get_base_layer())

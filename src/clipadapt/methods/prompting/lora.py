@@ -47,6 +47,7 @@ from clipadapt.methods.prompting.images import (
 )
 from clipadapt.models.base import TEXT_CHUNK, Backend, ImageAdaptedBackend
 from clipadapt.models.prompt_access import PromptableText, promptable_text, vit_image_tower
+from clipadapt.train.tuning import inject_lora, merge_lora
 
 PREFIX = "lora."
 TARGETS = {  # attention projections per text tower
@@ -90,16 +91,6 @@ class LoRAMethod(TowerMethod):
             lora_dropout=self.dropout,
             target_modules=list(targets),
         )
-
-    @staticmethod
-    def _inject(config, module: torch.nn.Module) -> torch.nn.Module:
-        """``module`` with LoRA layers put in; only their weights require gradients."""
-        from peft import inject_adapter_in_model
-
-        module = inject_adapter_in_model(config, module)
-        for name, param in module.named_parameters():
-            param.requires_grad_("lora_" in name)
-        return module
 
     def _lora_state(self) -> dict[str, torch.Tensor]:
         return {k.removeprefix(PREFIX): v for k, v in self._state.items() if k.startswith(PREFIX)}
@@ -168,7 +159,7 @@ class TextLoRA(LoRAMethod):
         adapted.__dict__.pop("_text_fp", None)  # its text weights will differ: hash them anew
         access = promptable_text(adapted)
         config = self.lora_config(TARGETS[type(access).__name__])
-        return access, self._inject(config, access.module)
+        return access, inject_lora(config, access.module)
 
     def _fit(self, data: FitData) -> None:
         check_fit_data(self, data)
@@ -207,7 +198,7 @@ class TextLoRA(LoRAMethod):
     def merged_backend(self, backend: Backend) -> Backend:
         """A copy of ``backend`` whose text tower has the LoRA update merged into its weights."""
         access, module = self._loaded(backend)
-        _merge(module)
+        merge_lora(module)
         return access.backend
 
     @classmethod
@@ -299,7 +290,7 @@ class ImageLoRA(FixedTextScores, LoRAMethod):
         adapted = copy.deepcopy(backend, memo)
         adapted.__dict__.pop("_image_fp", None)
         module, _ = lora_image_tower(adapted, self.name)
-        return adapted, self._inject(self.lora_config(targets), module), targets
+        return adapted, inject_lora(self.lora_config(targets), module), targets
 
     def _fit(self, data: FitData) -> None:
         check_fit_data(self, data)
@@ -330,7 +321,7 @@ class ImageLoRA(FixedTextScores, LoRAMethod):
         (sharing the text tower with ``backend``)."""
         self._check_backend(backend)
         adapted, module, _ = self._adapted(backend)
-        _merge(self._load_lora(module))
+        merge_lora(self._load_lora(module))
         return adapted
 
     def feature_backend(self, backend: Backend) -> Backend:
@@ -364,12 +355,6 @@ class ImageLoRA(FixedTextScores, LoRAMethod):
         method._fitted = True
         method.classnames = list(classnames)
         return method.attach(backend)
-
-
-def _merge(module: torch.nn.Module) -> None:
-    for layer in module.modules():
-        if hasattr(layer, "lora_A") and not layer.merged:
-            layer.merge()
 
 
 @torch.no_grad()
